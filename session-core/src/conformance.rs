@@ -1,0 +1,289 @@
+//! The store conformance suite: the same tests for every [`Store`].
+//!
+//! Every store in this crate runs it, and so can yours. Each check is an async function
+//! taking the store; [`store_conformance_tests!`](crate::store_conformance_tests) turns them
+//! into `#[tokio::test]`s for a store made by an async expression that returns
+//! `Option<impl Store>` (`None` skips, for a server that is not there):
+//!
+//! ```ignore
+//! session_core::store_conformance_tests!(async { Some(MyStore::connect().await) });
+//! ```
+//!
+//! The checks use fresh random keys, so they can share one database and run in parallel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use crate::id::{SessionId, StoreKey};
+use crate::record::{Fields, Record, SaveMode, Timestamp};
+use crate::store::Store;
+
+/// A fresh random store key.
+pub fn key() -> StoreKey {
+    SessionId::generate().expect("OS randomness").store_key()
+}
+
+/// A record with `fields`, created now and live for `ttl`.
+pub fn record(fields: &[(&str, &str)], ttl: Duration) -> Record {
+    let now = Timestamp::now();
+    Record {
+        fields: fields_of(fields),
+        created_at: now,
+        expires_at: now.saturating_add(ttl),
+    }
+}
+
+fn fields_of(pairs: &[(&str, &str)]) -> Fields {
+    pairs
+        .iter()
+        .map(|(k, v)| (Arc::from(*k), Arc::from(*v)))
+        .collect()
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn assert_close(actual: Timestamp, expected: Timestamp, what: &str) {
+    let gap = if actual > expected {
+        actual.saturating_since(expected)
+    } else {
+        expected.saturating_since(actual)
+    };
+    assert!(
+        gap <= Duration::from_secs(1),
+        "{what}: stored {actual:?}, expected about {expected:?}"
+    );
+}
+
+/// A created record loads back with its fields and times; absent keys load as `None`.
+pub async fn round_trip(store: &dyn Store) {
+    let key = key();
+    assert!(store.load(&key).await.unwrap().is_none());
+    let written = record(&[("views", "3"), ("user", "{\"name\":\"ada\"}")], MINUTE);
+    assert!(store.create(&key, &written).await.unwrap());
+    let loaded = store.load(&key).await.unwrap().expect("created record loads");
+    assert_eq!(loaded.fields, written.fields);
+    assert_close(loaded.created_at, written.created_at, "created_at");
+    assert_close(loaded.expires_at, written.expires_at, "expires_at");
+}
+
+/// `save` on an absent key creates the record, in either mode.
+pub async fn save_creates_missing_records(store: &dyn Store) {
+    for mode in [SaveMode::Merge, SaveMode::Replace] {
+        let key = key();
+        let written = record(&[("a", "1")], MINUTE);
+        store.save(&key, &written, mode).await.unwrap();
+        let loaded = store.load(&key).await.unwrap().expect("saved record loads");
+        assert_eq!(loaded.fields, written.fields, "{mode:?}");
+    }
+}
+
+/// Deleting removes the record; deleting an absent record is not an error.
+pub async fn delete_removes(store: &dyn Store) {
+    let key = key();
+    store.create(&key, &record(&[("a", "1")], MINUTE)).await.unwrap();
+    store.delete(&key).await.unwrap();
+    assert!(store.load(&key).await.unwrap().is_none());
+    store.delete(&key).await.unwrap();
+}
+
+/// `create` on a key with a live record reports a collision and changes nothing.
+pub async fn create_detects_collisions(store: &dyn Store) {
+    let key = key();
+    let first = record(&[("owner", "\"first\"")], MINUTE);
+    assert!(store.create(&key, &first).await.unwrap());
+    let second = record(&[("owner", "\"second\"")], MINUTE);
+    assert!(!store.create(&key, &second).await.unwrap());
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(&*loaded.fields["owner"], "\"first\"");
+}
+
+/// Concurrent `create`s of one key: exactly one wins.
+pub async fn create_is_atomic(store: &dyn Store) {
+    let store: &dyn Store = store;
+    let key = key();
+    let attempts = (0..16).map(|i| {
+        let value = i.to_string();
+        async move {
+            let rec = record(&[("winner", value.as_str())], MINUTE);
+            store.create(&key, &rec).await.unwrap()
+        }
+    });
+    let results = join_all(attempts).await;
+    assert_eq!(results.iter().filter(|won| **won).count(), 1, "{results:?}");
+}
+
+/// A merge writes only the fields it names and keeps every other stored field, including
+/// fields no struct knows any more.
+pub async fn merge_writes_only_given_fields(store: &dyn Store) {
+    let key = key();
+    let base = record(&[("views", "1"), ("cart", "[]"), ("legacy", "\"keep me\"")], MINUTE);
+    store.create(&key, &base).await.unwrap();
+    let change = record(&[("views", "2")], MINUTE);
+    store.save(&key, &change, SaveMode::Merge).await.unwrap();
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        loaded.fields,
+        fields_of(&[("views", "2"), ("cart", "[]"), ("legacy", "\"keep me\"")])
+    );
+}
+
+/// A replace removes the fields it does not name.
+pub async fn replace_writes_the_whole_record(store: &dyn Store) {
+    let key = key();
+    store
+        .create(&key, &record(&[("a", "1"), ("b", "2")], MINUTE))
+        .await
+        .unwrap();
+    store
+        .save(&key, &record(&[("c", "3")], MINUTE), SaveMode::Replace)
+        .await
+        .unwrap();
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(loaded.fields, fields_of(&[("c", "3")]));
+}
+
+/// A record whose deadline has passed is never loaded, before any purge.
+pub async fn expired_records_are_invisible(store: &dyn Store) {
+    let key = key();
+    let short = record(&[("a", "1")], Duration::from_millis(1500));
+    store.create(&key, &short).await.unwrap();
+    assert!(store.load(&key).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(store.load(&key).await.unwrap().is_none());
+    // Its key is free again.
+    assert!(store.create(&key, &record(&[("b", "2")], MINUTE)).await.unwrap());
+}
+
+/// `touch` moves the deadline and nothing else; touching an absent key creates nothing.
+pub async fn touch_moves_only_the_deadline(store: &dyn Store) {
+    let key = key();
+    let short = record(&[("a", "1")], Duration::from_secs(2));
+    store.create(&key, &short).await.unwrap();
+    let later = Timestamp::now().saturating_add(Duration::from_secs(120));
+    store.touch(&key, later).await.unwrap();
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(loaded.fields, short.fields);
+    assert_close(loaded.expires_at, later, "touched expires_at");
+    assert_close(loaded.created_at, short.created_at, "created_at after touch");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(store.load(&key).await.unwrap().is_some(), "touched record outlives its old deadline");
+
+    let absent = self::key();
+    store.touch(&absent, later).await.unwrap();
+    assert!(store.load(&absent).await.unwrap().is_none());
+}
+
+/// `purge_expired` removes expired records and keeps live ones. Stores with native expiry
+/// may report 0; their expired records must be gone anyway.
+pub async fn purge_removes_only_expired(store: &dyn Store) {
+    let live = key();
+    store.create(&live, &record(&[("a", "1")], MINUTE)).await.unwrap();
+    let dead: Vec<StoreKey> = (0..5).map(|_| key()).collect();
+    for key in &dead {
+        store
+            .create(key, &record(&[("a", "1")], Duration::from_millis(1200)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    store.purge_expired().await.unwrap();
+    assert!(store.load(&live).await.unwrap().is_some());
+    for key in &dead {
+        assert!(store.load(key).await.unwrap().is_none());
+    }
+}
+
+/// 100 concurrent merges of different fields into one record: none is lost.
+pub async fn concurrent_writers_on_different_fields_lose_nothing(store: &dyn Store) {
+    let store: &dyn Store = store;
+    let key = key();
+    store.create(&key, &record(&[("base", "0")], MINUTE)).await.unwrap();
+    let writes = (0..100).map(|i| {
+        let name = format!("f{i}");
+        async move {
+            let rec = record(&[(name.as_str(), &i.to_string())], MINUTE);
+            store.save(&key, &rec, SaveMode::Merge).await.unwrap();
+        }
+    });
+    join_all(writes).await;
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(loaded.fields.len(), 101, "fields kept: {}", loaded.fields.len());
+    for i in 0..100 {
+        assert_eq!(&*loaded.fields[format!("f{i}").as_str()], i.to_string());
+    }
+}
+
+/// A 1 MB session round-trips intact.
+pub async fn large_records_round_trip(store: &dyn Store) {
+    let key = key();
+    let big = format!("\"{}\"", "x".repeat(1 << 20));
+    let written = record(&[("blob", big.as_str()), ("n", "1")], MINUTE);
+    store.create(&key, &written).await.unwrap();
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(loaded.fields, written.fields);
+    store
+        .save(&key, &record(&[("n", "2")], MINUTE), SaveMode::Merge)
+        .await
+        .unwrap();
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(loaded.fields["blob"].len(), big.len());
+}
+
+/// Unicode field names and values, quotes and backslashes survive.
+pub async fn unicode_round_trips(store: &dyn Store) {
+    let key = key();
+    let written = record(
+        &[
+            ("名前", "\"Dhruv 🧠 \\\"quoted\\\" \\\\ back\""),
+            ("emoji🍪", "[\"ü\",\"\\u0000\",\"𝄞\"]"),
+        ],
+        MINUTE,
+    );
+    store.create(&key, &written).await.unwrap();
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(loaded.fields, written.fields);
+}
+
+/// Records with no fields are stored and loaded.
+pub async fn empty_records_round_trip(store: &dyn Store) {
+    let key = key();
+    store.create(&key, &record(&[], MINUTE)).await.unwrap();
+    let loaded = store.load(&key).await.unwrap().expect("empty record loads");
+    assert!(loaded.fields.is_empty());
+}
+
+/// Generates one `#[tokio::test]` per conformance check for the store made by `$make`, an
+/// expression evaluating to a future of `Option<impl Store>` (`None` skips the test).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@tests $make;
+            round_trip,
+            save_creates_missing_records,
+            delete_removes,
+            create_detects_collisions,
+            create_is_atomic,
+            merge_writes_only_given_fields,
+            replace_writes_the_whole_record,
+            expired_records_are_invisible,
+            touch_moves_only_the_deadline,
+            purge_removes_only_expired,
+            concurrent_writers_on_different_fields_lose_nothing,
+            large_records_round_trip,
+            unicode_round_trips,
+            empty_records_round_trip,
+        );
+    };
+    (@tests $make:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(store) = $make.await {
+                    $crate::conformance::$name(&store).await;
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,279 @@
+//! Signed session cookies: keys, the key ring, signing, verification, and finding the
+//! session cookie among the request's cookies.
+//!
+//! The cookie value is `ID.SIGNATURE`: the 32-character id, a dot, and the unpadded base64url
+//! HMAC-SHA256 of the id. The first key of the ring signs; every key verifies, in constant
+//! time. A cookie that verifies only with an older key is re-signed with the first one on the
+//! response, so keys can be rotated without logging anyone out.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::id::{SessionId, ID_LEN};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Bytes a key must have at least.
+pub(crate) const MIN_KEY_LEN: usize = 32;
+/// Length of the signature once encoded.
+const SIG_LEN: usize = 43;
+/// Length of a whole signed cookie value.
+pub(crate) const SIGNED_LEN: usize = ID_LEN + 1 + SIG_LEN;
+/// Cookies longer than this are not even looked at.
+const MAX_COOKIE_VALUE: usize = 256;
+
+/// A secret key for signing session cookies.
+#[derive(Clone)]
+pub struct Key {
+    mac: HmacSha256,
+}
+
+impl Key {
+    /// A key from secret bytes: at least 32 of them, as random as you can make them.
+    ///
+    /// # Errors
+    /// [`KeyError::TooShort`] when `secret` has fewer than 32 bytes.
+    pub fn from_bytes(secret: &[u8]) -> Result<Self, KeyError> {
+        if secret.len() < MIN_KEY_LEN {
+            return Err(KeyError::TooShort {
+                len: secret.len(),
+            });
+        }
+        let mac = HmacSha256::new_from_slice(secret).map_err(|_| KeyError::TooShort {
+            len: secret.len(),
+        })?;
+        Ok(Self { mac })
+    }
+
+    /// A fresh random key, for development or single-process apps: cookies signed with it
+    /// do not survive a restart.
+    ///
+    /// # Errors
+    /// Fails only when the operating system cannot provide random bytes.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut secret = [0u8; 64];
+        getrandom::fill(&mut secret).map_err(|e| KeyError::Random(e.to_string()))?;
+        Self::from_bytes(&secret)
+    }
+
+    fn sign(&self, id: &SessionId) -> [u8; SIG_LEN] {
+        let mut mac = self.mac.clone();
+        mac.update(id.as_str().as_bytes());
+        let tag = mac.finalize().into_bytes();
+        let mut out = [0u8; SIG_LEN];
+        let written = URL_SAFE_NO_PAD.encode_slice(tag, &mut out).unwrap_or_default();
+        debug_assert_eq!(written, SIG_LEN);
+        out
+    }
+
+    fn verify(&self, id: &SessionId, tag: &[u8]) -> bool {
+        let mut mac = self.mac.clone();
+        mac.update(id.as_str().as_bytes());
+        // `verify_slice` compares in constant time.
+        mac.verify_slice(tag).is_ok()
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+/// Why a key could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The secret is shorter than 32 bytes.
+    #[error("session key has {len} bytes; at least 32 are needed")]
+    TooShort {
+        /// How many bytes the secret had.
+        len: usize,
+    },
+    /// The operating system could not provide random bytes.
+    #[error("could not generate a random session key: {0}")]
+    Random(String),
+}
+
+/// Signing keys: the first signs, all verify.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyRing {
+    keys: Vec<Key>,
+}
+
+/// What the request's cookies say about the session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CookieLookup {
+    /// The first session cookie whose signature verified.
+    pub(crate) id: Option<SessionId>,
+    /// It verified only with an older key, so it should be re-signed.
+    pub(crate) old_key: bool,
+    /// Some cookie with the session cookie's name was sent, valid or not.
+    pub(crate) present: bool,
+}
+
+impl KeyRing {
+    pub(crate) fn new(first: Key) -> Self {
+        Self { keys: vec![first] }
+    }
+
+    pub(crate) fn push(&mut self, key: Key) {
+        self.keys.push(key);
+    }
+
+    /// The signed cookie value for `id`.
+    pub(crate) fn sign(&self, id: &SessionId) -> String {
+        let mut value = String::with_capacity(SIGNED_LEN);
+        value.push_str(id.as_str());
+        value.push('.');
+        let sig = self.keys[0].sign(id);
+        value.push_str(std::str::from_utf8(&sig).unwrap_or_default());
+        value
+    }
+
+    /// The id in a signed cookie value and the index of the key that verified it.
+    pub(crate) fn verify(&self, value: &str) -> Option<(SessionId, usize)> {
+        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+        if value.len() != SIGNED_LEN || value.as_bytes()[ID_LEN] != b'.' {
+            return None;
+        }
+        let id = SessionId::parse(value.get(..ID_LEN)?)?;
+        let mut tag = [0u8; 33];
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(value.get(ID_LEN + 1..)?, &mut tag)
+            .ok()?;
+        let tag = &tag[..len];
+        self.keys
+            .iter()
+            .position(|key| key.verify(&id, tag))
+            .map(|index| (id, index))
+    }
+
+    /// Scans `Cookie` header values for the session cookie called `name`. Duplicates are
+    /// tried in order and the first that verifies wins; unsigned, tampered, oversized or
+    /// malformed values are skipped.
+    pub(crate) fn find<'a>(
+        &self,
+        name: &str,
+        headers: impl IntoIterator<Item = &'a [u8]>,
+    ) -> CookieLookup {
+        let mut lookup = CookieLookup::default();
+        for header in headers {
+            for pair in header.split(|b| *b == b';') {
+                let pair = pair.trim_ascii();
+                let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                    continue;
+                };
+                if pair[..eq].trim_ascii() != name.as_bytes() {
+                    continue;
+                }
+                lookup.present = true;
+                let value = pair[eq + 1..].trim_ascii();
+                if value.len() > MAX_COOKIE_VALUE {
+                    continue;
+                }
+                let Ok(value) = std::str::from_utf8(value) else {
+                    continue;
+                };
+                if let Some((id, index)) = self.verify(value) {
+                    lookup.id = Some(id);
+                    lookup.old_key = index > 0;
+                    return lookup;
+                }
+            }
+        }
+        lookup
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> Key {
+        Key::from_bytes(&[byte; 32]).unwrap()
+    }
+
+    fn ring() -> KeyRing {
+        KeyRing::new(key(1))
+    }
+
+    #[test]
+    fn short_keys_are_refused() {
+        assert_eq!(
+            Key::from_bytes(b"keyboard cat").unwrap_err(),
+            KeyError::TooShort { len: 12 }
+        );
+    }
+
+    #[test]
+    fn signed_value_verifies_with_the_same_key() {
+        let id = SessionId::generate().unwrap();
+        let value = ring().sign(&id);
+        assert_eq!(value.len(), SIGNED_LEN);
+        assert_eq!(ring().verify(&value), Some((id, 0)));
+    }
+
+    #[test]
+    fn tampered_values_do_not_verify() {
+        let id = SessionId::generate().unwrap();
+        let value = ring().sign(&id);
+        for i in 0..value.len() {
+            let mut bytes = value.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(bytes).unwrap();
+            assert_eq!(ring().verify(&tampered), None, "position {i}");
+        }
+        assert_eq!(ring().verify(&value[..value.len() - 1]), None);
+        assert_eq!(ring().verify(id.as_str()), None);
+        assert_eq!(ring().verify(""), None);
+    }
+
+    #[test]
+    fn other_keys_do_not_verify() {
+        let id = SessionId::generate().unwrap();
+        let value = KeyRing::new(key(2)).sign(&id);
+        assert_eq!(ring().verify(&value), None);
+    }
+
+    #[test]
+    fn old_keys_verify_and_are_reported() {
+        let id = SessionId::generate().unwrap();
+        let old = KeyRing::new(key(9)).sign(&id);
+        let mut rotated = KeyRing::new(key(1));
+        rotated.push(key(9));
+        assert_eq!(rotated.verify(&old), Some((id, 1)));
+        let lookup = rotated.find("sid", [format!("sid={old}").as_bytes()]);
+        assert_eq!(lookup.id, Some(id));
+        assert!(lookup.old_key);
+    }
+
+    #[test]
+    fn valid_cookie_is_found_among_duplicates_and_other_cookies() {
+        let id = SessionId::generate().unwrap();
+        let good = ring().sign(&id);
+        let header = format!("theme=dark; sid=forged; sid={good}; other=1");
+        let lookup = ring().find("sid", [header.as_bytes()]);
+        assert_eq!(lookup.id, Some(id));
+        assert!(!lookup.old_key);
+
+        let quoted = format!("x=1;sid=\"{good}\"");
+        let split = [b"sid=bad".as_slice(), quoted.as_bytes()];
+        assert_eq!(ring().find("sid", split).id, Some(id));
+    }
+
+    #[test]
+    fn absent_and_invalid_cookies_are_told_apart() {
+        let none = ring().find("sid", [b"a=1; sidx=2".as_slice()]);
+        assert_eq!(none, CookieLookup::default());
+        let bad = ring().find("sid", [b"sid=%FF%00".as_slice()]);
+        assert!(bad.present);
+        assert_eq!(bad.id, None);
+        let huge = format!("sid={}", "a".repeat(10_000));
+        assert_eq!(ring().find("sid", [huge.as_bytes()]).id, None);
+    }
+}

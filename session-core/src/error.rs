@@ -1,0 +1,39 @@
+//! Errors a session operation can end in.
+
+use crate::store::StoreError;
+
+/// Why a session could not be loaded, extracted or saved.
+///
+/// At the end of a request these become the layer's error response (status 500 unless
+/// [`with_error_status`](crate::SessionLayer::with_error_status) says otherwise); the details
+/// go to the log, never to the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A field's value could not be encoded as JSON (for example a map with non-string keys).
+    #[error("a session field could not be encoded: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The encoded session is larger than the configured limit.
+    #[error("session is {size} bytes encoded, over the limit of {limit}")]
+    TooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The operating system could not provide random bytes for a new id.
+    #[error("could not generate a session id: {0}")]
+    Random(String),
+    /// The store reported a collision for every fresh id tried.
+    #[error("could not find an unused session id")]
+    IdCollision,
+    /// A second `Session` was extracted while the first was still alive in the same request.
+    #[error("the session was extracted twice at once in one request; take it once per handler")]
+    AlreadyExtracted,
+    /// The extractor ran on a request that did not pass through `SessionLayer`.
+    #[error("`Session` was extracted on a route without `SessionLayer`, or outside the layer's cookie path")]
+    MissingLayer,
+}

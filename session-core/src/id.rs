@@ -1,0 +1,154 @@
+//! Session ids and the store keys derived from them.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+/// Random bytes in a session id: 192 bits from the operating system's CSPRNG.
+const ID_BYTES: usize = 24;
+/// Length of an id once encoded (base64url without padding).
+pub(crate) const ID_LEN: usize = 32;
+
+/// A session id: 24 bytes (192 bits) from the operating system's CSPRNG, base64url-encoded.
+///
+/// The id travels in the signed cookie and is never written to a store as is: stores see
+/// only its [`StoreKey`], a SHA-256 hash, so a leaked store dump holds no usable cookie.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId([u8; ID_LEN]);
+
+impl SessionId {
+    /// A fresh random id.
+    ///
+    /// # Errors
+    /// Fails only when the operating system cannot provide random bytes.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut raw = [0u8; ID_BYTES];
+        getrandom::fill(&mut raw)?;
+        let mut encoded = [0u8; ID_LEN];
+        // 24 bytes always encode to exactly 32 characters.
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(raw, &mut encoded)
+            .unwrap_or_default();
+        debug_assert_eq!(written, ID_LEN);
+        Ok(Self(encoded))
+    }
+
+    /// Parses an id as it appears in a cookie: 32 base64url characters.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != ID_LEN
+            || !bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        {
+            return None;
+        }
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(bytes);
+        Some(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only base64url characters are ever stored, so this cannot fail.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The key under which stores keep this session.
+    pub fn store_key(&self) -> StoreKey {
+        let digest = Sha256::digest(self.0);
+        let mut key = [0u8; 64];
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, byte) in digest.iter().enumerate() {
+            key[2 * i] = HEX[usize::from(byte >> 4)];
+            key[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+        }
+        StoreKey(key)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Ids are bearer credentials: keep them out of logs.
+        f.write_str("SessionId(..)")
+    }
+}
+
+/// The key a store uses for one session: the SHA-256 hash of its id, as 64 lowercase hex
+/// characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreKey([u8; 64]);
+
+impl StoreKey {
+    /// The key as text (64 lowercase hex characters).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// Parses a key previously produced by [`StoreKey::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 64 || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut key = [0u8; 64];
+        key.copy_from_slice(bytes);
+        Some(Self(key))
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreKey({})", &self.as_str()[..12])
+    }
+}
+
+impl fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn generated_ids_are_distinct_and_parse_back() {
+        let ids: HashSet<String> = (0..1000)
+            .map(|_| SessionId::generate().unwrap().as_str().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(SessionId::parse(id).unwrap().as_str(), id);
+        }
+    }
+
+    #[test]
+    fn ids_carry_at_least_128_bits() {
+        // 32 base64 characters carry 6 bits each; all of them come from the CSPRNG.
+        assert!(ID_BYTES * 8 >= 128);
+        assert_eq!(SessionId::generate().unwrap().as_str().len(), ID_LEN);
+    }
+
+    #[test]
+    fn parse_rejects_wrong_length_and_characters() {
+        assert!(SessionId::parse("short").is_none());
+        assert!(SessionId::parse(&"a".repeat(33)).is_none());
+        assert!(SessionId::parse(&format!("{}+", "a".repeat(31))).is_none());
+        assert!(SessionId::parse(&"é".repeat(16)).is_none());
+    }
+
+    #[test]
+    fn store_key_is_a_hash_not_the_id() {
+        let id = SessionId::generate().unwrap();
+        let key = id.store_key();
+        assert_eq!(key.as_str().len(), 64);
+        assert!(!key.as_str().contains(id.as_str()));
+        assert_eq!(key, id.store_key());
+        assert_eq!(StoreKey::parse(key.as_str()), Some(key));
+    }
+}

@@ -1,0 +1,358 @@
+//! The tower [`Layer`] and [`Service`] that give every request its session.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum_core::body::Body;
+use axum_core::response::{IntoResponse, Response};
+use cookie::time::OffsetDateTime;
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderValue, Request, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::{Config, ConfigError, SameSite, SaveErrors, Secure};
+use crate::cookie::{Key, KeyRing};
+use crate::error::SessionError;
+use crate::lifecycle::{CookieAction, RequestState};
+use crate::store::Store;
+
+/// Adds sessions to an axum app. See the [crate docs](crate) for an example and the options
+/// table.
+///
+/// Options are set with `with_*` methods and checked when the layer is applied; call
+/// [`check`](Self::check) first to handle a bad configuration without a panic.
+#[derive(Clone)]
+#[must_use]
+pub struct SessionLayer {
+    config: Arc<Config>,
+}
+
+impl SessionLayer {
+    /// A layer keeping sessions in `store`, signing cookies with `key`.
+    pub fn new(store: impl Store, key: Key) -> Self {
+        Self::from_arc(Arc::new(store), key)
+    }
+
+    /// Like [`new`](Self::new), for a store chosen at run time.
+    pub fn from_arc(store: Arc<dyn Store>, key: Key) -> Self {
+        Self {
+            config: Arc::new(Config::new(store, KeyRing::new(key))),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        match Arc::get_mut(&mut self.config) {
+            Some(config) => f(config),
+            None => {
+                let mut config = (*self.config).clone();
+                f(&mut config);
+                self.config = Arc::new(config);
+            }
+        }
+        self
+    }
+
+    /// Adds an older key that still verifies cookies. Cookies it verifies are re-signed with
+    /// the first key on their next response. Add as many as needed, newest first.
+    pub fn with_old_key(self, key: Key) -> Self {
+        self.edit(|c| c.keys.push(key))
+    }
+
+    /// The cookie's name. Default: `sid`.
+    pub fn with_cookie_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.edit(|c| c.cookie_name = name)
+    }
+
+    /// The cookie's `Path`; requests outside it get no session. Default: `/`.
+    pub fn with_path(self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        self.edit(|c| c.path = path)
+    }
+
+    /// The cookie's `Domain`. Default: none (host-only cookie).
+    pub fn with_domain(self, domain: impl Into<String>) -> Self {
+        let domain = domain.into();
+        self.edit(|c| c.domain = Some(domain))
+    }
+
+    /// The cookie's `HttpOnly`. Default: `true`.
+    pub fn with_http_only(self, http_only: bool) -> Self {
+        self.edit(|c| c.http_only = http_only)
+    }
+
+    /// The cookie's `Secure`. Default: [`Secure::Auto`].
+    pub fn with_secure(self, secure: Secure) -> Self {
+        self.edit(|c| c.secure = secure)
+    }
+
+    /// Trust the first `X-Forwarded-Proto` value to tell whether the request came over HTTPS
+    /// (for [`Secure::Auto`]). Only enable this behind a proxy that sets the header.
+    /// Default: `false`.
+    pub fn with_trusted_proxy(self, trust: bool) -> Self {
+        self.edit(|c| c.trust_proxy = trust)
+    }
+
+    /// The cookie's `SameSite`. Default: [`SameSite::Lax`].
+    pub fn with_same_site(self, same_site: SameSite) -> Self {
+        self.edit(|c| c.same_site = same_site)
+    }
+
+    /// The cookie's `Partitioned` (CHIPS). Default: `false`.
+    pub fn with_partitioned(self, partitioned: bool) -> Self {
+        self.edit(|c| c.partitioned = partitioned)
+    }
+
+    /// A persistent cookie lasting `max_age` (`Max-Age` and `Expires`), which is also the
+    /// server-side idle timeout unless [`with_idle_timeout`](Self::with_idle_timeout) says
+    /// otherwise. Default: none (the cookie lasts until the browser closes; the server keeps
+    /// an idle session 24 hours).
+    pub fn with_max_age(self, max_age: Duration) -> Self {
+        self.edit(|c| c.max_age = Some(max_age))
+    }
+
+    /// How long an unused session lives on the server. Default: the `max_age`, or 24 hours.
+    pub fn with_idle_timeout(self, idle: Duration) -> Self {
+        self.edit(|c| c.idle_timeout = Some(idle))
+    }
+
+    /// How long a session lives on the server after it was created, however active it is.
+    /// Default: no limit.
+    pub fn with_absolute_timeout(self, absolute: Duration) -> Self {
+        self.edit(|c| c.absolute_timeout = Some(absolute))
+    }
+
+    /// Extend an unchanged session's deadline at most once per `interval`. Zero touches on
+    /// every request, as express-session does. Default: 60 seconds.
+    pub fn with_touch_after(self, interval: Duration) -> Self {
+        self.edit(|c| c.touch_after = interval)
+    }
+
+    /// Write the whole session back on every request, changed or not (express's `resave`).
+    /// Default: `false`.
+    pub fn with_resave(self, resave: bool) -> Self {
+        self.edit(|c| c.resave = resave)
+    }
+
+    /// Store and send a cookie for new sessions nothing was written to (express's
+    /// `saveUninitialized`). Default: `false`.
+    pub fn with_save_uninitialized(self, save: bool) -> Self {
+        self.edit(|c| c.save_uninitialized = save)
+    }
+
+    /// Send the cookie on every response of an existing session, renewing its `Max-Age`
+    /// (express's `rolling`). Default: `false`.
+    pub fn with_rolling(self, rolling: bool) -> Self {
+        self.edit(|c| c.rolling = rolling)
+    }
+
+    /// The status of the response sent when the store fails. Default: 500.
+    pub fn with_error_status(self, status: StatusCode) -> Self {
+        self.edit(|c| c.error_status = status.as_u16())
+    }
+
+    /// What a failed save at the end of a request does to the response. Default:
+    /// [`SaveErrors::Respond`].
+    pub fn with_save_errors(self, save_errors: SaveErrors) -> Self {
+        self.edit(|c| c.save_errors = save_errors)
+    }
+
+    /// The largest encoded session, in bytes; a save over it fails with
+    /// [`SessionError::TooLarge`]. Default: 1 MiB.
+    pub fn with_max_record_bytes(self, limit: usize) -> Self {
+        self.edit(|c| c.max_record_bytes = limit)
+    }
+
+    /// Checks the options.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn check(self) -> Result<Self, ConfigError> {
+        self.config.check()?;
+        Ok(self)
+    }
+}
+
+impl std::fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("cookie_name", &self.config.cookie_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    /// # Panics
+    /// If the configuration is invalid; [`SessionLayer::check`] reports the same problem as
+    /// an error.
+    fn layer(&self, inner: S) -> Self::Service {
+        if let Err(error) = self.config.check() {
+            panic!("invalid SessionLayer configuration: {error}");
+        }
+        SessionService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service [`SessionLayer`] wraps around an app.
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> std::fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionService").finish_non_exhaustive()
+    }
+}
+
+/// The response future of [`SessionService`].
+pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+
+/// The handle the extractor finds in the request's extensions.
+#[derive(Clone)]
+pub(crate) struct SessionHandle(pub(crate) Arc<RequestState>);
+
+impl<S, B> Service<Request<B>> for SessionService<S>
+where
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let config = &self.config;
+        if !path_matches(request.uri().path(), &config.path) {
+            return Box::pin(self.inner.call(request));
+        }
+        let lookup = config.keys.find(
+            &config.cookie_name,
+            request.headers().get_all(COOKIE).iter().map(HeaderValue::as_bytes),
+        );
+        let secure = is_secure(&request, config.trust_proxy);
+        let state = Arc::new(RequestState::new(config.clone(), lookup, secure));
+        request
+            .extensions_mut()
+            .insert(SessionHandle(state.clone()));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            match state.finish().await {
+                Ok(CookieAction::Keep) => {}
+                Ok(CookieAction::Set(id)) => {
+                    let value = state.config.keys.sign(&id);
+                    append_cookie(&mut response, &state, &value, state.config.max_age);
+                }
+                Ok(CookieAction::Clear) => {
+                    append_cookie(&mut response, &state, "", Some(Duration::ZERO));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "session could not be saved");
+                    if state.config.save_errors == SaveErrors::Respond {
+                        return Ok(error_response(&state.config, &error));
+                    }
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Whether the cookie path covers the request path, as browsers match it.
+fn path_matches(request: &str, cookie: &str) -> bool {
+    cookie == "/"
+        || request == cookie
+        || (request.starts_with(cookie)
+            && (cookie.ends_with('/') || request.as_bytes().get(cookie.len()) == Some(&b'/')))
+}
+
+fn is_secure<B>(request: &Request<B>, trust_proxy: bool) -> bool {
+    if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        return true;
+    }
+    trust_proxy
+        && request
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+}
+
+fn append_cookie(response: &mut Response, state: &RequestState, value: &str, max_age: Option<Duration>) {
+    let config = &state.config;
+    let mut cookie = cookie::Cookie::build((config.cookie_name.as_str(), value))
+        .path(config.path.as_str())
+        .http_only(config.http_only)
+        .secure(state.cookie_secure())
+        .partitioned(config.partitioned)
+        .same_site(match config.same_site {
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::None => cookie::SameSite::None,
+        });
+    if let Some(domain) = &config.domain {
+        cookie = cookie.domain(domain.as_str());
+    }
+    if let Some(max_age) = max_age {
+        let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX / 2);
+        let age = cookie::time::Duration::seconds(seconds);
+        let expires = if seconds == 0 {
+            OffsetDateTime::UNIX_EPOCH
+        } else {
+            OffsetDateTime::now_utc().saturating_add(age)
+        };
+        cookie = cookie.max_age(age).expires(expires);
+    }
+    match HeaderValue::try_from(cookie.build().to_string()) {
+        Ok(header) => {
+            response.headers_mut().append(SET_COOKIE, header);
+        }
+        Err(error) => tracing::error!(%error, "session cookie is not a valid header value"),
+    }
+}
+
+pub(crate) fn error_response(config: &Config, error: &SessionError) -> Response {
+    let status = match error {
+        SessionError::MissingLayer | SessionError::AlreadyExtracted => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::from_u16(config.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    };
+    let body = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "session store unavailable",
+        _ => "session error",
+    };
+    (status, Body::from(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_matches;
+
+    #[test]
+    fn cookie_path_matches_like_a_browser() {
+        assert!(path_matches("/anything", "/"));
+        assert!(path_matches("/app", "/app"));
+        assert!(path_matches("/app/x", "/app"));
+        assert!(path_matches("/app/x", "/app/"));
+        assert!(!path_matches("/apple", "/app"));
+        assert!(!path_matches("/", "/app"));
+    }
+}

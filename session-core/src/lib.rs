@@ -1,0 +1,108 @@
+//! Typed, server-side sessions for [axum]: express-session's `req.session`, checked by the
+//! compiler.
+//!
+//! Derive [`Session`](derive@Session) on a plain struct, add a [`SessionLayer`], and take
+//! [`Session<T>`] as a handler argument:
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use session_core::store::MemoryStore;
+//! use session_core::{Key, Session, SessionLayer};
+//!
+//! #[derive(Session)]
+//! struct Visit {
+//!     user: Option<String>,
+//!     views: u32,
+//! }
+//!
+//! async fn home(mut visit: Session<Visit>) -> String {
+//!     *visit.views_mut() += 1; // marks only `views` for saving
+//!     format!("You visited {} times", visit.views())
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = Key::generate()?; // in production: Key::from_bytes(secret_from_config)?
+//! let app: Router = Router::new()
+//!     .route("/", get(home))
+//!     .layer(SessionLayer::new(MemoryStore::new(), key).check()?);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What the derive gives
+//!
+//! For each field `name: T` the session has `name() -> &T`, `name_mut() -> &mut T` and
+//! `set_name(T)`. Accessors are inherent methods of a generated view that `Session<Visit>`
+//! derefs to, so no trait import is needed, a misspelt field is a compile error, and a
+//! non-`mut` binding cannot mutate. Field attributes:
+//!
+//! - `#[session(rename = "key")]`: the key the field is stored under;
+//! - `#[session(default = path)]`: a function giving the value when the store has none.
+//!
+//! A struct attribute `#[session(crate = "path")]` names this crate when it is re-exported.
+//!
+//! # Saving precisely
+//!
+//! Each field is stored as its own JSON value. A field counts as changed only if its encoding
+//! differs from what was loaded, and only changed fields are written; so a handler that only
+//! reads writes nothing, and two requests changing different fields both keep their change.
+//! Stored fields the struct does not know are kept; a stored field that no longer decodes
+//! falls back to its default (with a warning) and is not overwritten unless written.
+//!
+//! When the store is written, and when `Set-Cookie` is sent, follows express-session's
+//! rules; see [`lifecycle`].
+//!
+//! # Features
+//!
+//! - `axum` (default): the layer and the extractor.
+//! - `conformance`: the store conformance suite, to test your own [`Store`].
+//!
+//! [axum]: https://docs.rs/axum
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![deny(unreachable_pub)]
+#![cfg_attr(not(feature = "axum"), allow(dead_code))]
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod config;
+mod cookie;
+mod data;
+mod error;
+mod id;
+pub mod lifecycle;
+mod record;
+mod session;
+pub mod store;
+
+#[cfg(feature = "axum")]
+mod extract;
+#[cfg(feature = "axum")]
+mod layer;
+
+pub use crate::config::{ConfigError, SameSite, SaveErrors, Secure};
+pub use crate::cookie::{Key, KeyError};
+pub use crate::data::SessionData;
+pub use crate::error::SessionError;
+pub use crate::id::{SessionId, StoreKey};
+pub use crate::record::{Fields, Record, SaveMode, Timestamp};
+pub use crate::session::Session;
+pub use crate::store::{Store, StoreError};
+#[cfg(feature = "axum")]
+pub use crate::extract::SessionRejection;
+#[cfg(feature = "axum")]
+pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
+
+/// Derives [`SessionData`] and the typed accessors of [`Session<T>`].
+pub use session_derive::Session;
+
+/// What generated code uses. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::data::{
+        assert_field, collect_field, decode_field, FieldState, SessionData, SessionView,
+    };
+    pub use crate::record::Fields;
+    pub use serde_json::Error as EncodeError;
+}

@@ -1,0 +1,440 @@
+//! The express-session decision rules, improved: when to save, when to touch, when to send
+//! `Set-Cookie`, and what happens on regenerate and destroy.
+//!
+//! Each request that extracts a session gets one [`RequestState`], shared by the layer and
+//! every [`Session<T>`](crate::Session) taken from that request. Nothing touches the store
+//! until a handler extracts the session (lazy load); at the end of the request
+//! [`RequestState::finish`] applies the rules of express-session's `resave`,
+//! `saveUninitialized` and `rolling`:
+//!
+//! | situation | save | touch | `Set-Cookie` |
+//! |---|---|---|---|
+//! | new session, data unchanged | only with `save_uninitialized` | – | only with `save_uninitialized` |
+//! | new session, data changed | yes | – | yes |
+//! | existing session, unchanged | only with `resave` | yes, at most once per `touch_after` | with `rolling` |
+//! | existing session, changed | yes, changed fields only | – | with `rolling` or a `max_age` |
+//! | regenerated | new id stored, old id deleted | – | yes |
+//! | destroyed | record deleted | – | clearing cookie |
+//!
+//! A new session that cannot get its cookie (a `Secure` cookie on a plain-HTTP request) is
+//! not stored at all, so no orphan record is left behind.
+
+use std::mem;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::config::{Config, Secure};
+use crate::cookie::CookieLookup;
+use crate::data::SessionView;
+use crate::error::SessionError;
+use crate::id::SessionId;
+use crate::record::{Fields, Record, SaveMode, Timestamp};
+
+/// How many fresh ids to try when the store reports a collision.
+const CREATE_ATTEMPTS: usize = 4;
+
+/// The session state of one request.
+pub(crate) struct RequestState {
+    pub(crate) config: Arc<Config>,
+    lookup: CookieLookup,
+    secure_request: bool,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// A `Session<T>` was extracted during this request.
+    extracted: bool,
+    /// One is extracted right now.
+    checked_out: bool,
+    /// The store has been asked for the cookie's session.
+    loaded: bool,
+    /// The session's id, once it has one in the store.
+    id: Option<SessionId>,
+    /// The record as stored under `id` (after this request's own writes).
+    record: Option<Record>,
+    /// The request's cookie named a live record.
+    existed: bool,
+    /// Changed fields not yet written.
+    pending: Fields,
+    /// `clear()` ran: the next write replaces every stored field.
+    replace: bool,
+    /// `regenerate()` ran and the new id is not stored yet.
+    regenerate: bool,
+    /// `destroy()` ran.
+    destroy: bool,
+    /// Data or id changed during this request (stays set after an early save).
+    modified: bool,
+    /// The session got a new id during this request (new or regenerated).
+    id_issued: bool,
+    /// The session was written during this request.
+    saved: bool,
+    /// A field failed to encode.
+    encode_error: Option<serde_json::Error>,
+}
+
+/// What the response's `Set-Cookie` should say.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CookieAction {
+    /// Nothing.
+    Keep,
+    /// Send the signed cookie for this id.
+    Set(SessionId),
+    /// Send a cookie that deletes the session cookie.
+    Clear,
+}
+
+impl RequestState {
+    pub(crate) fn new(config: Arc<Config>, lookup: CookieLookup, secure_request: bool) -> Self {
+        Self {
+            config,
+            lookup,
+            secure_request,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // No code panics while holding this lock; recover rather than cascade if one did.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `Secure` attribute the cookie gets on this request.
+    pub(crate) fn cookie_secure(&self) -> bool {
+        match self.config.secure {
+            Secure::Always => true,
+            Secure::Never => false,
+            Secure::Auto => self.secure_request,
+        }
+    }
+
+    /// A browser keeps the cookie only if it is not `Secure` or the request is secure.
+    fn can_set_cookie(&self) -> bool {
+        !self.cookie_secure() || self.secure_request
+    }
+
+    /// The deadline for a session created at `created`, as of `now`.
+    fn deadline(&self, created: Timestamp, now: Timestamp) -> Timestamp {
+        let idle = now.saturating_add(self.config.idle());
+        match self.config.absolute_timeout {
+            Some(absolute) => idle.min(created.saturating_add(absolute)),
+            None => idle,
+        }
+    }
+
+    /// Whether a loaded record may be served: both deadlines are checked here, whatever the
+    /// store and the cookie say.
+    fn is_live(&self, record: &Record, now: Timestamp) -> bool {
+        !record.is_expired(now)
+            && self
+                .config
+                .absolute_timeout
+                .is_none_or(|absolute| record.created_at.saturating_add(absolute) > now)
+    }
+
+    /// Reads the cookie's session from the store, once per request.
+    pub(crate) async fn load(&self) -> Result<(), SessionError> {
+        let Some(id) = self.lookup.id else {
+            self.lock().loaded = true;
+            return Ok(());
+        };
+        if self.lock().loaded {
+            return Ok(());
+        }
+        let record = self.config.store.load(&id.store_key()).await?;
+        let record = record.filter(|r| self.is_live(r, Timestamp::now()));
+        let mut inner = self.lock();
+        if !inner.loaded {
+            inner.loaded = true;
+            inner.existed = record.is_some();
+            inner.id = record.as_ref().map(|_| id);
+            inner.record = record;
+        }
+        Ok(())
+    }
+
+    /// Hands out the typed view. Only one may be out at a time.
+    pub(crate) fn check_out<V: SessionView>(&self) -> Result<V, SessionError> {
+        let mut inner = self.lock();
+        if inner.checked_out {
+            return Err(SessionError::AlreadyExtracted);
+        }
+        inner.checked_out = true;
+        inner.extracted = true;
+        Ok(inner.view())
+    }
+
+    /// Takes the view's changes back.
+    pub(crate) fn check_in<V: SessionView>(&self, view: &mut V) {
+        let mut inner = self.lock();
+        inner.checked_out = false;
+        inner.collect(view);
+    }
+
+    /// Takes the view's changes without giving it back (for an early save).
+    pub(crate) fn collect<V: SessionView>(&self, view: &mut V) {
+        self.lock().collect(view);
+    }
+
+    pub(crate) fn id(&self) -> Option<SessionId> {
+        let inner = self.lock();
+        inner.record.as_ref().and(inner.id)
+    }
+
+    pub(crate) fn regenerate(&self) {
+        let mut inner = self.lock();
+        inner.regenerate = true;
+        inner.modified = true;
+    }
+
+    pub(crate) fn clear<V: SessionView>(&self) -> V {
+        let mut inner = self.lock();
+        inner.pending.clear();
+        inner.replace = true;
+        inner.modified = true;
+        V::fresh()
+    }
+
+    pub(crate) fn destroy(&self) {
+        self.lock().destroy = true;
+    }
+
+    /// Drops unsaved changes and reads the session again from the store.
+    pub(crate) async fn reload<V: SessionView>(&self) -> Result<V, SessionError> {
+        let id = {
+            let mut inner = self.lock();
+            inner.pending.clear();
+            inner.replace = false;
+            inner.record.as_ref().and(inner.id)
+        };
+        if let Some(id) = id {
+            let record = self.config.store.load(&id.store_key()).await?;
+            let record = record.filter(|r| self.is_live(r, Timestamp::now()));
+            let mut inner = self.lock();
+            if record.is_none() {
+                inner.id = None;
+            }
+            inner.record = record;
+        }
+        Ok(self.lock().view())
+    }
+
+    /// Writes the session now (`Session::save`).
+    pub(crate) async fn save_now(&self) -> Result<(), SessionError> {
+        self.persist(true).await
+    }
+
+    /// Applies the end-of-request rules; returns what the response's cookie should say.
+    pub(crate) async fn finish(&self) -> Result<CookieAction, SessionError> {
+        let (destroy, id, stored) = {
+            let inner = self.lock();
+            if !inner.extracted {
+                return Ok(CookieAction::Keep);
+            }
+            if inner.checked_out {
+                tracing::warn!(
+                    "a Session was still alive when the response was ready (moved into a spawned task?); its changes since extraction are not saved"
+                );
+            }
+            (inner.destroy, inner.id, inner.record.is_some())
+        };
+        if destroy {
+            if let (Some(id), true) = (id, stored) {
+                self.config.store.delete(&id.store_key()).await?;
+            }
+            let mut inner = self.lock();
+            inner.record = None;
+            inner.id = None;
+            let sent_cookie = self.lookup.present || inner.id_issued;
+            return Ok(if sent_cookie && self.can_set_cookie() {
+                CookieAction::Clear
+            } else {
+                CookieAction::Keep
+            });
+        }
+        self.persist(false).await?;
+        self.touch().await?;
+
+        let inner = self.lock();
+        let (Some(id), true) = (inner.id, inner.record.is_some()) else {
+            return Ok(CookieAction::Keep);
+        };
+        let fresh = !inner.existed || inner.id_issued;
+        let send = if fresh {
+            // A fresh session exists in the store only if `save_uninitialized` or a change
+            // put it there.
+            true
+        } else {
+            self.config.rolling
+                || (self.config.max_age.is_some() && inner.modified)
+                || self.lookup.old_key
+        };
+        Ok(if send && self.can_set_cookie() {
+            CookieAction::Set(id)
+        } else {
+            CookieAction::Keep
+        })
+    }
+
+    /// Writes pending changes if the rules say so. `explicit` is an app-requested save.
+    async fn persist(&self, explicit: bool) -> Result<(), SessionError> {
+        let config = &*self.config;
+        let now = Timestamp::now();
+        let plan = {
+            let mut inner = self.lock();
+            if let Some(error) = inner.encode_error.take() {
+                return Err(SessionError::Encode(error));
+            }
+            let data_changed = !inner.pending.is_empty() || inner.replace;
+            let modified = inner.modified || data_changed || inner.regenerate;
+            let stored = inner.record.is_some();
+            let needed = if inner.regenerate {
+                true
+            } else if !stored {
+                (explicit || config.save_uninitialized || modified) && self.can_set_cookie()
+            } else {
+                data_changed || (config.resave && !inner.saved && !explicit)
+            };
+            inner.modified = modified;
+            if !needed {
+                return Ok(());
+            }
+            let created = inner.record.as_ref().map_or(now, |r| r.created_at);
+            let deadline = self.deadline(created, now);
+            let pending = mem::take(&mut inner.pending);
+            let mut whole = match (&inner.record, inner.replace) {
+                (Some(record), false) => record.clone(),
+                _ => Record::default(),
+            };
+            whole.fields.extend(pending.iter().map(|(k, v)| (k.clone(), v.clone())));
+            whole.created_at = created;
+            whole.expires_at = deadline;
+            let size = whole.encoded_len();
+            if size > config.max_record_bytes {
+                inner.pending = pending;
+                return Err(SessionError::TooLarge {
+                    size,
+                    limit: config.max_record_bytes,
+                });
+            }
+            let fresh_id = inner.regenerate || !stored;
+            let old_id = if stored { inner.id } else { None };
+            let partial = Record {
+                fields: pending,
+                created_at: created,
+                expires_at: deadline,
+            };
+            Plan {
+                fresh_id,
+                old_id,
+                replace: inner.replace,
+                whole,
+                partial,
+            }
+        };
+
+        let new_id = if plan.fresh_id {
+            let id = self.create(&plan.whole).await?;
+            if let Some(old) = plan.old_id {
+                config.store.delete(&old.store_key()).await?;
+            }
+            Some(id)
+        } else if let Some(id) = plan.old_id {
+            if plan.replace || !explicit && config.resave && plan.partial.fields.is_empty() {
+                config
+                    .store
+                    .save(&id.store_key(), &plan.whole, SaveMode::Replace)
+                    .await?;
+            } else {
+                config
+                    .store
+                    .save(&id.store_key(), &plan.partial, SaveMode::Merge)
+                    .await?;
+            }
+            None
+        } else {
+            None
+        };
+
+        let mut inner = self.lock();
+        if let Some(id) = new_id {
+            inner.id = Some(id);
+            inner.id_issued = true;
+        }
+        inner.record = Some(plan.whole);
+        inner.replace = false;
+        inner.regenerate = false;
+        inner.saved = true;
+        Ok(())
+    }
+
+    /// Stores `record` under a fresh id, trying again on the (astronomically unlikely)
+    /// collision.
+    async fn create(&self, record: &Record) -> Result<SessionId, SessionError> {
+        for _ in 0..CREATE_ATTEMPTS {
+            let id = SessionId::generate().map_err(|e| SessionError::Random(e.to_string()))?;
+            if self.config.store.create(&id.store_key(), record).await? {
+                return Ok(id);
+            }
+            tracing::warn!("session id collision in the store; drawing another id");
+        }
+        Err(SessionError::IdCollision)
+    }
+
+    /// Extends an unchanged existing session's deadline, at most once per `touch_after`.
+    async fn touch(&self) -> Result<(), SessionError> {
+        let now = Timestamp::now();
+        let (id, deadline) = {
+            let inner = self.lock();
+            let Some(record) = inner.record.as_ref() else {
+                return Ok(());
+            };
+            let Some(id) = inner.id else { return Ok(()) };
+            if inner.saved || !inner.existed || inner.id_issued {
+                return Ok(());
+            }
+            let deadline = self.deadline(record.created_at, now);
+            // With `touch_after` zero every request touches, as express does.
+            if deadline < record.expires_at
+                || deadline.saturating_since(record.expires_at) < self.config.touch_after
+            {
+                return Ok(());
+            }
+            (id, deadline)
+        };
+        self.config.store.touch(&id.store_key(), deadline).await?;
+        if let Some(record) = self.lock().record.as_mut() {
+            record.expires_at = deadline;
+        }
+        Ok(())
+    }
+}
+
+struct Plan {
+    fresh_id: bool,
+    old_id: Option<SessionId>,
+    replace: bool,
+    whole: Record,
+    partial: Record,
+}
+
+impl Inner {
+    fn view<V: SessionView>(&self) -> V {
+        let empty = Fields::new();
+        let stored = match (&self.record, self.replace) {
+            (Some(record), false) => &record.fields,
+            _ => &empty,
+        };
+        V::decode(stored, &self.pending)
+    }
+
+    fn collect<V: SessionView>(&mut self, view: &mut V) {
+        match view.collect(&mut self.pending) {
+            Ok(true) => self.modified = true,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(%error, "a session field failed to encode");
+                self.encode_error = Some(error);
+            }
+        }
+    }
+}

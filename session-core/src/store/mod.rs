@@ -1,0 +1,147 @@
+//! The [`Store`] trait and the stores that ship with this crate.
+//!
+//! A store keeps [`Record`]s under [`StoreKey`]s. The layer calls it through
+//! `Arc<dyn Store>`, so the backend can be chosen at run time from configuration:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use session_core::store::{MemoryStore, Store};
+//!
+//! let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+//! ```
+//!
+//! # Contract
+//!
+//! - [`load`](Store::load) never returns a record whose `expires_at` has passed, even before
+//!   any purge has run.
+//! - [`create`](Store::create) is atomic: it stores the record only if no live record has that
+//!   key, and reports a collision otherwise.
+//! - [`save`](Store::save) with [`SaveMode::Merge`] writes only the fields it is given and keeps
+//!   the others, so two requests that change different fields both keep their change.
+//! - [`touch`](Store::touch) moves the deadline and writes nothing else.
+//! - Errors are returned as [`StoreError`], never as panics.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::id::StoreKey;
+use crate::record::{Record, SaveMode, Timestamp};
+
+mod cache;
+#[cfg(feature = "file")]
+mod file;
+mod memory;
+#[cfg(feature = "memcached")]
+mod memcached;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use cache::CachingStore;
+#[cfg(feature = "file")]
+pub use file::FileStore;
+pub use memory::MemoryStore;
+#[cfg(feature = "memcached")]
+pub use memcached::MemcachedStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub use sql::InvalidTableName;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+/// The SQL toolkit the SQL stores are built on, for building pools to pass to `from_pool`.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub use sqlx;
+
+/// A place to keep sessions.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The live record under `key`, or `None` if there is none or it has expired.
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError>;
+
+    /// Stores `record` under `key` if no live record has that key. Returns `false` on a
+    /// collision, in which case nothing is written.
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError>;
+
+    /// Writes `record` under `key` as `mode` says, creating the record if it is absent.
+    /// `created_at` and `expires_at` are always taken from `record`.
+    async fn save(&self, key: &StoreKey, record: &Record, mode: SaveMode)
+        -> Result<(), StoreError>;
+
+    /// Moves the deadline of the record under `key`, if there is one; writes nothing else.
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError>;
+
+    /// Removes the record under `key`; removing an absent record is not an error.
+    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError>;
+
+    /// Removes expired records, for backends without native expiry. Returns how many were
+    /// removed. Stores that expire records by themselves keep the default, which does nothing.
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for Arc<S> {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        (**self).load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
+        (**self).create(key, record).await
+    }
+    async fn save(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        mode: SaveMode,
+    ) -> Result<(), StoreError> {
+        (**self).save(key, record, mode).await
+    }
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+        (**self).touch(key, expires_at).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
+        (**self).delete(key).await
+    }
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        (**self).purge_expired().await
+    }
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend could not be reached or answered with an error.
+    #[error("session store backend error: {0}")]
+    Backend(#[source] Box<dyn StdError + Send + Sync>),
+    /// The call did not finish in time.
+    #[error("session store call timed out")]
+    Timeout,
+    /// A stored record could not be read at all (not one bad field: the record itself).
+    #[error("stored session record is corrupt: {0}")]
+    Corrupt(String),
+    /// The store refused the record, for example because it is larger than its limit.
+    #[error("session store refused the record: {0}")]
+    Rejected(String),
+}
+
+impl StoreError {
+    /// Wraps any backend error.
+    pub fn backend(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self::Backend(error.into())
+    }
+}

@@ -1,0 +1,9 @@
+use session_core::Session;
+
+#[derive(Session)]
+struct Visit {
+    views: u32,
+    into: String,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use session_core::Session;
+
+#[derive(Session)]
+struct Visit;
+
+fn main() {}

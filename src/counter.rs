@@ -1,0 +1,240 @@
+//! The seed's counter app: `req.session.views`, a login, a cart and a logout.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /` | counts the visit: `You visited N times` |
+//! | `GET /peek` | `views: N`, changing nothing |
+//! | `POST /login` (`name=...`) | new session id, remembers the user, `303` to `/` |
+//! | `GET /me` | `user: NAME` or `user: none` |
+//! | `POST /cart` (`item=...`) | adds to the cart, `303` to `/cart` |
+//! | `GET /cart` | the cart, one item per line |
+//! | `POST /logout` | destroys the session, `303` to `/` |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Form;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use session_core::store::{CachingStore, MemoryStore, Store};
+use session_core::{Key, Session, SessionLayer};
+
+/// The cookie lifetime from the seed: 15 minutes.
+pub const MAX_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// What the app keeps per visitor.
+#[derive(Session)]
+pub struct Visit {
+    user: Option<String>,
+    views: u32,
+    cart: Vec<String>,
+}
+
+/// The app's routes, without the session layer.
+pub fn routes() -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/peek", get(peek))
+        .route("/login", post(login))
+        .route("/me", get(me))
+        .route("/cart", get(cart).post(add_to_cart))
+        .route("/logout", post(logout))
+}
+
+/// The app with sessions in `store`, as the example serves it.
+pub fn app(store: Arc<dyn Store>, key: Key) -> Router {
+    routes().layer(SessionLayer::from_arc(store, key).with_max_age(MAX_AGE))
+}
+
+/// The store named by `SESSION_STORE`.
+///
+/// | spec | store |
+/// |---|---|
+/// | `memory` or empty | [`MemoryStore`] |
+/// | `file:DIR` | one file per session in `DIR` |
+/// | `sqlite:PATH` | SQLite database file `PATH` |
+/// | `postgres://...` | PostgreSQL |
+/// | `mysql://...` | MySQL or MariaDB |
+///
+/// # Errors
+/// A message naming the accepted forms when `spec` names no known store, or the store's
+/// error when it cannot be opened.
+pub async fn store_from_spec(spec: &str) -> Result<Arc<dyn Store>, String> {
+    let spec = spec.trim();
+    match spec {
+        "" | "memory" => Ok(Arc::new(MemoryStore::new())),
+        #[cfg(feature = "file")]
+        _ if spec.starts_with("file:") => {
+            opened(spec, session_core::store::FileStore::open(&spec["file:".len()..]).await)
+        }
+        #[cfg(feature = "sqlite")]
+        _ if spec.starts_with("sqlite:") => opened(spec, session_core::store::SqliteStore::connect(spec).await),
+        #[cfg(feature = "postgres")]
+        _ if spec.starts_with("postgres://") || spec.starts_with("postgresql://") => {
+            opened(spec, session_core::store::PostgresStore::connect(spec).await)
+        }
+        #[cfg(feature = "mysql")]
+        _ if spec.starts_with("mysql://") || spec.starts_with("mariadb://") => {
+            opened(spec, session_core::store::MySqlStore::connect(spec).await)
+        }
+        #[cfg(feature = "redis")]
+        _ if spec.starts_with("redis://") || spec.starts_with("rediss://") => {
+            opened(spec, session_core::store::RedisStore::connect(spec).await)
+        }
+        #[cfg(feature = "redis")]
+        _ if spec.starts_with("redis+cluster://") => {
+            opened(spec, session_core::store::RedisStore::connect_cluster(spec).await)
+        }
+        #[cfg(feature = "memcached")]
+        _ if spec.starts_with("memcache://") => opened(spec, session_core::store::MemcachedStore::connect(spec).await),
+        other => Err(format!(
+            "unknown SESSION_STORE {other:?}; this build knows: {}",
+            KNOWN_STORES.join(", ")
+        )),
+    }
+}
+
+/// Boxes an opened store, or says which spec failed and why.
+#[cfg_attr(
+    not(any(
+        feature = "file",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "memcached"
+    )),
+    allow(dead_code)
+)]
+fn opened<S: Store>(
+    spec: &str,
+    result: Result<S, session_core::StoreError>,
+) -> Result<Arc<dyn Store>, String> {
+    match result {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(error) => Err(format!("SESSION_STORE {spec:?}: {error}")),
+    }
+}
+
+/// The `SESSION_STORE` forms this build accepts.
+pub const KNOWN_STORES: &[&str] = &[
+    "memory",
+    #[cfg(feature = "file")]
+    "file:DIR",
+    #[cfg(feature = "sqlite")]
+    "sqlite:PATH",
+    #[cfg(feature = "postgres")]
+    "postgres://USER@HOST:PORT/DB",
+    #[cfg(feature = "mysql")]
+    "mysql://USER@HOST:PORT/DB",
+    #[cfg(feature = "redis")]
+    "redis://HOST:PORT",
+    #[cfg(feature = "redis")]
+    "redis+cluster://HOST:PORT,HOST:PORT,...",
+    #[cfg(feature = "memcached")]
+    "memcache://HOST:PORT",
+];
+
+/// Puts an in-process cache in front of `store` when `SESSION_CACHE` asks for one.
+///
+/// `spec` is empty (no cache) or the longest time a change made through another instance may
+/// be served stale, like `500ms` or `2s`, optionally followed by `,CAPACITY` (sessions kept;
+/// default 10 000): `SESSION_CACHE=1s,50000`.
+///
+/// # Errors
+/// A message saying what is wrong with `spec`.
+pub fn with_cache(store: Arc<dyn Store>, spec: &str) -> Result<Arc<dyn Store>, String> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Ok(store);
+    }
+    let (staleness, capacity) = match spec.split_once(',') {
+        Some((staleness, capacity)) => (staleness.trim(), Some(capacity.trim())),
+        None => (spec, None),
+    };
+    let staleness = parse_duration(staleness)
+        .ok_or_else(|| format!("SESSION_CACHE {spec:?}: expected a duration like 500ms or 2s"))?;
+    let mut cache = CachingStore::new(store).with_max_staleness(staleness);
+    if let Some(capacity) = capacity {
+        let capacity: usize = capacity
+            .parse()
+            .map_err(|_| format!("SESSION_CACHE {spec:?}: capacity must be a whole number"))?;
+        cache = cache.with_capacity(capacity);
+    }
+    Ok(Arc::new(cache))
+}
+
+/// `250ms`, `2s` or `1m`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => Some(Duration::from_secs(number * 60)),
+        _ => None,
+    }
+}
+
+async fn home(mut visit: Session<Visit>) -> String {
+    *visit.views_mut() += 1;
+    format!("You visited {} times", visit.views())
+}
+
+async fn peek(visit: Session<Visit>) -> String {
+    format!("views: {}", visit.views())
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    name: String,
+}
+
+async fn login(mut visit: Session<Visit>, Form(form): Form<LoginForm>) -> Response {
+    let name = form.name.trim();
+    if name.is_empty() {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "name must not be empty").into_response();
+    }
+    // A new id at login defeats session fixation; the visit count and cart stay.
+    visit.regenerate();
+    visit.set_user(Some(name.to_owned()));
+    Redirect::to("/").into_response()
+}
+
+async fn me(visit: Session<Visit>) -> String {
+    match visit.user() {
+        Some(name) => format!("user: {name}"),
+        None => "user: none".to_owned(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CartForm {
+    item: String,
+}
+
+async fn add_to_cart(mut visit: Session<Visit>, Form(form): Form<CartForm>) -> Response {
+    let item = form.item.trim();
+    if item.is_empty() || item.contains('\n') {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "item must be one non-empty line").into_response();
+    }
+    visit.cart_mut().push(item.to_owned());
+    Redirect::to("/cart").into_response()
+}
+
+async fn cart(visit: Session<Visit>) -> Response {
+    let mut body = String::new();
+    for item in visit.cart() {
+        body.push_str(item);
+        body.push('\n');
+    }
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn logout(mut visit: Session<Visit>) -> Redirect {
+    visit.destroy();
+    Redirect::to("/")
+}

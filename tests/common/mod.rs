@@ -1,0 +1,253 @@
+//! Helpers shared by the integration tests: a store that records its calls, a store that
+//! fails on demand, and a tiny cookie-keeping client for a `Router`.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use session_core::store::MemoryStore;
+use session_core::{Key, Record, SaveMode, Store, StoreError, StoreKey, Timestamp};
+use tower::ServiceExt;
+
+/// A fixed key, so tests can sign cookies themselves.
+pub fn key() -> Key {
+    Key::from_bytes(&[7u8; 32]).unwrap()
+}
+
+/// One store call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub op: &'static str,
+    pub key: StoreKey,
+    /// Field names written (for create and save).
+    pub fields: Vec<String>,
+    pub mode: Option<SaveMode>,
+}
+
+/// A memory store that records every call made to it.
+#[derive(Clone, Default)]
+pub struct RecordingStore {
+    pub inner: MemoryStore,
+    calls: Arc<Mutex<Vec<Call>>>,
+}
+
+impl RecordingStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// The operations called, in order, as `["load", "save"]`.
+    pub fn ops(&self) -> Vec<&'static str> {
+        self.calls.lock().unwrap().iter().map(|c| c.op).collect()
+    }
+
+    pub fn clear(&self) {
+        self.calls.lock().unwrap().clear();
+    }
+
+    fn record(&self, op: &'static str, key: &StoreKey, record: Option<&Record>, mode: Option<SaveMode>) {
+        let fields = record
+            .map(|r| r.fields.keys().map(|k| k.to_string()).collect())
+            .unwrap_or_default();
+        self.calls.lock().unwrap().push(Call {
+            op,
+            key: *key,
+            fields,
+            mode,
+        });
+    }
+}
+
+#[async_trait]
+impl Store for RecordingStore {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.record("load", key, None, None);
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
+        self.record("create", key, Some(record), None);
+        self.inner.create(key, record).await
+    }
+    async fn save(&self, key: &StoreKey, record: &Record, mode: SaveMode) -> Result<(), StoreError> {
+        self.record("save", key, Some(record), Some(mode));
+        self.inner.save(key, record, mode).await
+    }
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+        self.record("touch", key, None, None);
+        self.inner.touch(key, expires_at).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
+        self.record("delete", key, None, None);
+        self.inner.delete(key).await
+    }
+}
+
+/// A memory store whose calls can be made to fail.
+#[derive(Clone, Default)]
+pub struct FlakyStore {
+    pub inner: MemoryStore,
+    pub fail_load: Arc<AtomicBool>,
+    pub fail_write: Arc<AtomicBool>,
+}
+
+impl FlakyStore {
+    fn check(flag: &AtomicBool) -> Result<(), StoreError> {
+        if flag.load(Ordering::SeqCst) {
+            Err(StoreError::backend("injected failure"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        Self::check(&self.fail_load)?;
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
+        Self::check(&self.fail_write)?;
+        self.inner.create(key, record).await
+    }
+    async fn save(&self, key: &StoreKey, record: &Record, mode: SaveMode) -> Result<(), StoreError> {
+        Self::check(&self.fail_write)?;
+        self.inner.save(key, record, mode).await
+    }
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+        Self::check(&self.fail_write)?;
+        self.inner.touch(key, expires_at).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
+        Self::check(&self.fail_write)?;
+        self.inner.delete(key).await
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// Every `Set-Cookie` header.
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The `Set-Cookie` header for `name`, if any.
+    pub fn set_cookie(&self, name: &str) -> Option<String> {
+        self.set_cookies()
+            .into_iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+    }
+
+    /// The `name=value` pair of the session cookie set by this response.
+    pub fn cookie_pair(&self, name: &str) -> Option<String> {
+        self.set_cookie(name)
+            .map(|c| c.split(';').next().unwrap().to_owned())
+    }
+}
+
+/// Sends one request through `app`.
+pub async fn send(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+pub fn get(uri: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut builder = Request::get(uri);
+    if let Some(cookie) = cookie {
+        builder = builder.header(header::COOKIE, cookie);
+    }
+    builder.body(Body::empty()).unwrap()
+}
+
+pub fn post_form(uri: &str, form: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut builder = Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(cookie) = cookie {
+        builder = builder.header(header::COOKIE, cookie);
+    }
+    builder.body(Body::from(form.to_owned())).unwrap()
+}
+
+/// A client that keeps the session cookie between requests, like a browser.
+pub struct Client {
+    pub app: Router,
+    pub name: String,
+    pub cookie: Option<String>,
+}
+
+impl Client {
+    pub fn new(app: Router) -> Self {
+        Self {
+            app,
+            name: "sid".to_owned(),
+            cookie: None,
+        }
+    }
+
+    pub async fn get(&mut self, uri: &str) -> Reply {
+        let reply = send(&self.app, get(uri, self.cookie.as_deref())).await;
+        self.keep(&reply);
+        reply
+    }
+
+    pub async fn post(&mut self, uri: &str, form: &str) -> Reply {
+        let reply = send(&self.app, post_form(uri, form, self.cookie.as_deref())).await;
+        self.keep(&reply);
+        reply
+    }
+
+    fn keep(&mut self, reply: &Reply) {
+        if let Some(set) = reply.set_cookie(&self.name) {
+            let pair = set.split(';').next().unwrap().to_owned();
+            let cleared = set.contains("Max-Age=0");
+            self.cookie = if cleared { None } else { Some(pair) };
+        }
+    }
+}
+
+/// Whether a missing test server is a failure (set by `.ci/run`) rather than a skip.
+pub fn servers_required() -> bool {
+    std::env::var("SESSIONS_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Turns a failed connection to a test server into a skip with a printed reason, or into a
+/// failure when `SESSIONS_REQUIRE_SERVERS=1`.
+pub fn server_or_skip<T, E: std::fmt::Display>(what: &str, connected: Result<T, E>) -> Option<T> {
+    match connected {
+        Ok(value) => Some(value),
+        Err(error) if servers_required() => {
+            panic!("{what} is required (SESSIONS_REQUIRE_SERVERS=1) but not reachable: {error}")
+        }
+        Err(error) => {
+            eprintln!("skipping: {what} is not reachable ({error}); set SESSIONS_REQUIRE_SERVERS=1 to make this a failure");
+            None
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The counter app (the main job), route by route, through the real `Router`.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use common::{get as get_req, send, Client};
+use session_core::store::MemoryStore;
+use typed_sessions::counter;
+
+fn client() -> (Client, MemoryStore) {
+    let store = MemoryStore::new();
+    let app = counter::app(Arc::new(store.clone()), common::key());
+    (Client::new(app), store)
+}
+
+#[tokio::test]
+async fn home_counts_visits_from_one() {
+    let (mut client, _) = client();
+    for n in 1..=5 {
+        assert_eq!(client.get("/").await.body, format!("You visited {n} times"));
+    }
+}
+
+#[tokio::test]
+async fn first_visit_sets_a_fifteen_minute_http_only_cookie() {
+    let (mut client, _) = client();
+    let reply = client.get("/").await;
+    let cookie = reply.set_cookie("sid").unwrap();
+    assert!(cookie.contains("Max-Age=900"), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Lax"), "{cookie}");
+}
+
+#[tokio::test]
+async fn peek_reads_without_writing_or_sending_a_cookie() {
+    let (mut client, store) = client();
+    client.get("/").await;
+    client.get("/").await;
+    let reply = client.get("/peek").await;
+    assert_eq!(reply.body, "views: 2");
+    assert!(reply.set_cookies().is_empty());
+    assert_eq!(store.len(), 1);
+    // A peek by a new visitor stores nothing at all.
+    let fresh = send(&client.app, get_req("/peek", None)).await;
+    assert_eq!(fresh.body, "views: 0");
+    assert!(fresh.set_cookies().is_empty());
+    assert_eq!(store.len(), 1);
+}
+
+#[tokio::test]
+async fn login_regenerates_the_id_and_remembers_the_user() {
+    let (mut client, store) = client();
+    assert_eq!(client.get("/me").await.body, "user: none");
+    client.get("/").await;
+    let before = client.cookie.clone().unwrap();
+    let reply = client.post("/login", "name=Dhruv").await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    assert_eq!(reply.headers[header::LOCATION], "/");
+    assert_ne!(client.cookie.as_deref(), Some(before.as_str()));
+    assert_eq!(client.get("/me").await.body, "user: Dhruv");
+    assert_eq!(client.get("/").await.body, "You visited 2 times");
+    // The pre-login id no longer works.
+    let stale = send(&client.app, get_req("/me", Some(&before))).await;
+    assert_eq!(stale.body, "user: none");
+    assert_eq!(store.len(), 1);
+}
+
+#[tokio::test]
+async fn login_needs_a_name() {
+    let (mut client, store) = client();
+    let reply = client.post("/login", "name=").await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(store.is_empty());
+}
+
+#[tokio::test]
+async fn cart_keeps_items_in_order() {
+    let (mut client, _) = client();
+    assert_eq!(client.get("/cart").await.body, "");
+    for item in ["apple", "pear", "fig"] {
+        let reply = client.post("/cart", &format!("item={item}")).await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    }
+    assert_eq!(client.get("/cart").await.body, "apple\npear\nfig\n");
+}
+
+#[tokio::test]
+async fn logout_destroys_the_session_and_clears_the_cookie() {
+    let (mut client, store) = client();
+    client.post("/login", "name=ada").await;
+    client.post("/cart", "item=tea").await;
+    let reply = client.post("/logout", "").await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    assert!(reply.set_cookie("sid").unwrap().contains("Max-Age=0"));
+    assert!(store.is_empty());
+    assert!(client.cookie.is_none());
+    assert_eq!(client.get("/me").await.body, "user: none");
+    assert_eq!(client.get("/").await.body, "You visited 1 times");
+}
+
+#[tokio::test]
+async fn unknown_store_spec_is_a_clear_error() {
+    let error = counter::store_from_spec("nosuch://x").await.err().unwrap();
+    assert!(error.contains("unknown SESSION_STORE"), "{error}");
+    assert!(counter::store_from_spec("").await.is_ok());
+    assert!(counter::store_from_spec("memory").await.is_ok());
+}
