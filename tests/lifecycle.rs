@@ -405,6 +405,23 @@ async fn load_error_answers_with_the_configured_status() {
 }
 
 #[tokio::test]
+async fn unreadable_record_starts_a_new_session_and_is_left_in_place() {
+    let store = FlakyStore::default();
+    let app = app_with(layer(store.clone()));
+    let mut client = Client::new(app.clone());
+    client.get("/incr").await;
+    let old = client.cookie.clone().unwrap();
+    store.corrupt_load.store(true, Ordering::SeqCst);
+    let reply = send(&app, get_req("/incr", Some(&old))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "views: 1");
+    assert_ne!(reply.cookie_pair("sid").unwrap()[..36], old[..36]);
+    store.corrupt_load.store(false, Ordering::SeqCst);
+    let kept = store.inner.load(&key_of(&old)).await.unwrap().unwrap();
+    assert_eq!(&*kept.fields["views"], "1", "the unreadable record is not destroyed");
+}
+
+#[tokio::test]
 async fn save_error_replaces_the_response_by_default() {
     let store = FlakyStore::default();
     store.fail_write.store(true, Ordering::SeqCst);

@@ -39,7 +39,14 @@ impl RedisServer {
     async fn start(port: u16, dir: &Path) -> Result<Self, String> {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(dir)
             .stdin(Stdio::null())
@@ -104,9 +111,10 @@ fn free_port() -> u16 {
 async fn sessions_survive_a_redis_restart_and_outage_requests_fail_fast() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let Some(mut server) =
-        common::server_or_skip("a redis-server binary", RedisServer::start(port, dir.path()).await)
-    else {
+    let Some(mut server) = common::server_or_skip(
+        "a redis-server binary",
+        RedisServer::start(port, dir.path()).await,
+    ) else {
         return;
     };
     let store = RedisStore::connect(&server.url()).await.unwrap();
@@ -129,9 +137,10 @@ async fn sessions_survive_a_redis_restart_and_outage_requests_fail_fast() {
             let mut statuses = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let request = common::get("/peek", Some(&cookie));
-                let reply = tokio::time::timeout(Duration::from_secs(5), common::send(&app, request))
-                    .await
-                    .expect("a request under outage still answers");
+                let reply =
+                    tokio::time::timeout(Duration::from_secs(5), common::send(&app, request))
+                        .await
+                        .expect("a request under outage still answers");
                 statuses.push(reply.status);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -149,11 +158,22 @@ async fn sessions_survive_a_redis_restart_and_outage_requests_fail_fast() {
             .expect("a request while Redis is down answers");
         let took = started.elapsed();
         slowest = slowest.max(took);
-        assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "body: {}", reply.body);
-        assert!(took < OUTAGE_REPLY_LIMIT, "a request during the outage took {took:?}");
+        assert_eq!(
+            reply.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "body: {}",
+            reply.body
+        );
+        assert!(
+            took < OUTAGE_REPLY_LIMIT,
+            "a request during the outage took {took:?}"
+        );
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    println!("redis outage: requests failed with 500 in at most {} ms", slowest.as_millis());
+    println!(
+        "redis outage: requests failed with 500 in at most {} ms",
+        slowest.as_millis()
+    );
 
     // Back on the same port, with the same data directory.
     let server = RedisServer::start(port, dir.path()).await.unwrap();
@@ -165,7 +185,11 @@ async fn sessions_survive_a_redis_restart_and_outage_requests_fail_fast() {
         if reply.status == StatusCode::OK {
             break (back.elapsed(), reply);
         }
-        assert!(back.elapsed() < RECOVERY_LIMIT, "no recovery {:?} after Redis came back", back.elapsed());
+        assert!(
+            back.elapsed() < RECOVERY_LIMIT,
+            "no recovery {:?} after Redis came back",
+            back.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     println!(
@@ -192,12 +216,20 @@ async fn sessions_survive_a_redis_restart_and_outage_requests_fail_fast() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("session:*").query_async(&mut raw).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("session:*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
     let store = RedisStore::connect(&server.url()).await.unwrap();
     for redis_key in keys {
         let key = StoreKey::parse(redis_key.trim_start_matches("session:")).unwrap();
-        let record = store.load(&key).await.unwrap().expect("the session is there");
+        let record = store
+            .load(&key)
+            .await
+            .unwrap()
+            .expect("the session is there");
         assert_eq!(record.fields.get("views").map(|v| &**v), Some("7"));
     }
 }

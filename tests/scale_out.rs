@@ -34,7 +34,8 @@ fn cluster_spec() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_alternating_between_two_instances_on_redis_keeps_its_session() {
     let url = redis_url();
-    if common::server_or_skip(&format!("Redis at {url}"), RedisStore::connect(&url).await).is_none() {
+    if common::server_or_skip(&format!("Redis at {url}"), RedisStore::connect(&url).await).is_none()
+    {
         return;
     }
     alternate_between_two_instances(&url).await;
@@ -72,7 +73,10 @@ async fn alternate_between_two_instances(store: &str) {
         if let Some(pair) = reply.cookie("sid") {
             cookie = Some(pair);
         }
-        assert!(cookie.is_some(), "the first response sets the session cookie");
+        assert!(
+            cookie.is_some(),
+            "the first response sets the session cookie"
+        );
     }
 }
 
@@ -86,15 +90,26 @@ fn counter_binary() -> &'static PathBuf {
             .parent()
             .and_then(Path::parent)
             .expect("the test runs from <target>/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("a profile directory has a parent");
+        let target_dir = profile_dir
+            .parent()
+            .expect("a profile directory has a parent");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
         let mut build = Command::new(cargo);
         build
-            .args(["build", "--quiet", "--example", "counter", "--manifest-path"])
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                "counter",
+                "--manifest-path",
+            ])
             .arg(&manifest)
             .env("CARGO_TARGET_DIR", target_dir);
-        if profile_dir.file_name().is_some_and(|name| name == "release") {
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
             build.arg("--release");
         }
         let output = build.output().expect("cargo runs");
@@ -139,7 +154,10 @@ impl Instance {
             if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return instance;
             }
-            assert!(Instant::now() < deadline, "the counter app did not listen on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "the counter app did not listen on port {port}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -182,7 +200,8 @@ impl Reply {
 async fn get(port: u16, path: &str, cookie: Option<&str>) -> Reply {
     let exchange = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+        let mut request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
         if let Some(cookie) = cookie {
             request.push_str(&format!("Cookie: {cookie}\r\n"));
         }
@@ -231,7 +250,9 @@ fn parse_response(raw: &[u8]) -> Reply {
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     loop {
-        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else { break };
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
         let size = std::str::from_utf8(&data[..end])
             .ok()
             .and_then(|line| usize::from_str_radix(line.split(';').next()?.trim(), 16).ok())

@@ -21,14 +21,20 @@ fn url() -> String {
 
 async fn store() -> Option<MemcachedStore> {
     let url = url();
-    common::server_or_skip(&format!("memcached at {url}"), MemcachedStore::connect(&url).await)
+    common::server_or_skip(
+        &format!("memcached at {url}"),
+        MemcachedStore::connect(&url).await,
+    )
 }
 
 /// Sends one raw command line and reads the answer up to a line that ends it.
 async fn raw(command: &str) -> String {
     let address = url().trim_start_matches("memcache://").to_owned();
     let mut stream = TcpStream::connect(address).await.unwrap();
-    stream.write_all(format!("{command}\r\n").as_bytes()).await.unwrap();
+    stream
+        .write_all(format!("{command}\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     let mut buffer = [0u8; 64 * 1024];
     loop {
@@ -36,7 +42,11 @@ async fn raw(command: &str) -> String {
         assert!(read > 0, "memcached closed the connection");
         answer.extend_from_slice(&buffer[..read]);
         let text = String::from_utf8_lossy(&answer);
-        let last = text.trim_end_matches("\r\n").rsplit("\r\n").next().unwrap_or("");
+        let last = text
+            .trim_end_matches("\r\n")
+            .rsplit("\r\n")
+            .next()
+            .unwrap_or("");
         if text.ends_with("\r\n")
             && (["END", "EN", "STORED", "NOT_STORED"].contains(&last)
                 || last.starts_with("HD")
@@ -50,7 +60,9 @@ async fn raw(command: &str) -> String {
 /// The item's remaining lifetime in seconds, from the meta command `mg KEY t`.
 async fn ttl_seconds(item_key: &str) -> Option<i64> {
     let answer = raw(&format!("mg {item_key} t")).await;
-    let flag = answer.split_whitespace().find(|word| word.starts_with('t'))?;
+    let flag = answer
+        .split_whitespace()
+        .find(|word| word.starts_with('t'))?;
     flag[1..].parse().ok()
 }
 
@@ -64,7 +76,10 @@ async fn items_carry_the_prefix_and_a_versioned_encoding() {
     let prefix = format!("typed-sessions-test:{}:", std::process::id());
     let store = store.with_prefix(prefix.clone());
     let key = key();
-    store.create(&key, &record(&[("views", "1")], MINUTE)).await.unwrap();
+    store
+        .create(&key, &record(&[("views", "1")], MINUTE))
+        .await
+        .unwrap();
     assert_eq!(store.memcached_key(&key), format!("{prefix}{key}"));
 
     let item = raw(&format!("get {prefix}{key}")).await;
@@ -78,12 +93,18 @@ async fn items_carry_the_prefix_and_a_versioned_encoding() {
 async fn writes_set_the_native_expiry() {
     let Some(store) = store().await else { return };
     let key = key();
-    store.create(&key, &record(&[("a", "1")], MINUTE)).await.unwrap();
+    store
+        .create(&key, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap();
     let ttl = ttl_seconds(&store.memcached_key(&key)).await.unwrap();
     assert!((59..=62).contains(&ttl), "TTL after create: {ttl}");
 
     store
-        .touch(&key, Timestamp::now().saturating_add(Duration::from_secs(120)))
+        .touch(
+            &key,
+            Timestamp::now().saturating_add(Duration::from_secs(120)),
+        )
         .await
         .unwrap();
     let ttl = ttl_seconds(&store.memcached_key(&key)).await.unwrap();
@@ -98,7 +119,10 @@ async fn writes_set_the_native_expiry() {
     let ttl = ttl_seconds(&store.memcached_key(&key)).await.unwrap();
     // memcached turns an absolute time into its own clock, which is a few seconds coarse.
     let expected = forty_days.as_secs() as i64;
-    assert!((expected - 2..=expected + 5).contains(&ttl), "TTL for 40 days: {ttl}");
+    assert!(
+        (expected - 2..=expected + 5).contains(&ttl),
+        "TTL for 40 days: {ttl}"
+    );
 }
 
 #[tokio::test]
@@ -109,7 +133,10 @@ async fn touch_never_creates_a_record() {
         .touch(&absent, Timestamp::now().saturating_add(MINUTE))
         .await
         .unwrap();
-    assert_eq!(raw(&format!("get {}", store.memcached_key(&absent))).await, "END\r\n");
+    assert_eq!(
+        raw(&format!("get {}", store.memcached_key(&absent))).await,
+        "END\r\n"
+    );
     assert!(store.load(&absent).await.unwrap().is_none());
 }
 
@@ -119,7 +146,10 @@ async fn concurrent_writers_on_two_connections_keep_both_fields() {
     // A second store has its own connections, like another app instance.
     let Some(second) = store().await else { return };
     let key = key();
-    first.create(&key, &record(&[("base", "0")], MINUTE)).await.unwrap();
+    first
+        .create(&key, &record(&[("base", "0")], MINUTE))
+        .await
+        .unwrap();
 
     let writer = |store: MemcachedStore, name: &'static str| {
         tokio::spawn(async move {
@@ -135,7 +165,12 @@ async fn concurrent_writers_on_two_connections_keep_both_fields() {
     b.unwrap();
 
     let loaded = first.load(&key).await.unwrap().unwrap();
-    assert_eq!(loaded.fields.len(), 101, "fields kept: {:?}", loaded.fields.keys());
+    assert_eq!(
+        loaded.fields.len(),
+        101,
+        "fields kept: {:?}",
+        loaded.fields.keys()
+    );
     for i in 0..50 {
         assert_eq!(&*loaded.fields[format!("a{i}").as_str()], i.to_string());
         assert_eq!(&*loaded.fields[format!("b{i}").as_str()], i.to_string());
@@ -147,7 +182,10 @@ async fn a_record_over_the_item_limit_is_rejected_and_nothing_is_written() {
     let Some(store) = store().await else { return };
     let limit = store.item_size_max().unwrap_or(1 << 20);
     let key = key();
-    store.create(&key, &record(&[("n", "1")], MINUTE)).await.unwrap();
+    store
+        .create(&key, &record(&[("n", "1")], MINUTE))
+        .await
+        .unwrap();
 
     let huge = format!("\"{}\"", "x".repeat(limit + 1));
     let too_big = record(&[("blob", huge.as_str())], MINUTE);
@@ -172,7 +210,10 @@ async fn an_unreadable_item_is_reported_corrupt_and_a_merge_replaces_it() {
     let Some(store) = store().await else { return };
     let key = key();
     let item_key = store.memcached_key(&key);
-    assert_eq!(raw(&format!("set {item_key} 0 60 7\r\ngarbage")).await, "STORED\r\n");
+    assert_eq!(
+        raw(&format!("set {item_key} 0 60 7\r\ngarbage")).await,
+        "STORED\r\n"
+    );
     let error = store.load(&key).await.unwrap_err();
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
 
@@ -188,8 +229,14 @@ async fn an_unreadable_item_is_reported_corrupt_and_a_merge_replaces_it() {
 async fn an_unreachable_server_fails_fast() {
     let started = Instant::now();
     // Nothing listens on port 1.
-    assert!(MemcachedStore::connect("memcache://127.0.0.1:1").await.is_err());
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(MemcachedStore::connect("memcache://127.0.0.1:1")
+        .await
+        .is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -197,7 +244,10 @@ async fn many_clones_share_one_bounded_pool() {
     let Some(store) = store().await else { return };
     let store = Arc::new(store.with_max_connections(4));
     let key = key();
-    store.create(&key, &record(&[("base", "0")], MINUTE)).await.unwrap();
+    store
+        .create(&key, &record(&[("base", "0")], MINUTE))
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..40)
         .map(|i| {
             let store = store.clone();

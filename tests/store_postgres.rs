@@ -114,15 +114,23 @@ async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> V
 
 #[tokio::test]
 async fn table_name_is_configurable_and_the_table_is_created_on_first_use() {
-    let Some(setup) = store_on("pg_first_use_sessions").await else { return };
+    let Some(setup) = store_on("pg_first_use_sessions").await else {
+        return;
+    };
     let pool = PgPool::connect(&url()).await.unwrap();
     let store = PostgresStore::from_pool(pool.clone())
         .with_table_name("pg_first_use_sessions")
         .unwrap();
-    assert!(!table_exists(&pool, "pg_first_use_sessions").await, "from_pool does no I/O");
+    assert!(
+        !table_exists(&pool, "pg_first_use_sessions").await,
+        "from_pool does no I/O"
+    );
 
     let key = key();
-    assert!(store.create(&key, &record(&[("a", "1")], MINUTE)).await.unwrap());
+    assert!(store
+        .create(&key, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap());
     assert!(table_exists(&pool, "pg_first_use_sessions").await);
     assert!(table_exists(&pool, "pg_first_use_sessions_expires_at_idx").await);
     assert_eq!(rows(&pool, "pg_first_use_sessions").await, 1);
@@ -132,7 +140,9 @@ async fn table_name_is_configurable_and_the_table_is_created_on_first_use() {
 
 #[tokio::test]
 async fn instances_starting_together_create_the_table_once() {
-    let Some(setup) = store_on("pg_race_sessions").await else { return };
+    let Some(setup) = store_on("pg_race_sessions").await else {
+        return;
+    };
     let stores: Vec<PostgresStore> = (0..6)
         .map(|_| {
             PostgresStore::from_pool(setup.pool().clone())
@@ -147,19 +157,30 @@ async fn instances_starting_together_create_the_table_once() {
 
 #[tokio::test]
 async fn expired_rows_are_invisible_before_the_purge_and_purge_removes_them() {
-    let Some(store) = store_on("pg_purge_sessions").await else { return };
+    let Some(store) = store_on("pg_purge_sessions").await else {
+        return;
+    };
     let dead = key();
     store
         .save(&dead, &expired(&[("a", "1")]), SaveMode::Replace)
         .await
         .unwrap();
     let live = key();
-    store.create(&live, &record(&[("a", "1")], MINUTE)).await.unwrap();
+    store
+        .create(&live, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap();
 
     assert_eq!(rows(store.pool(), "pg_purge_sessions").await, 2);
     assert!(store.load(&dead).await.unwrap().is_none());
-    store.touch(&dead, Timestamp::now().saturating_add(MINUTE)).await.unwrap();
-    assert!(store.load(&dead).await.unwrap().is_none(), "touch does not revive a row");
+    store
+        .touch(&dead, Timestamp::now().saturating_add(MINUTE))
+        .await
+        .unwrap();
+    assert!(
+        store.load(&dead).await.unwrap().is_none(),
+        "touch does not revive a row"
+    );
 
     assert_eq!(store.purge_expired().await.unwrap(), 1);
     assert_eq!(rows(store.pool(), "pg_purge_sessions").await, 1);
@@ -169,7 +190,9 @@ async fn expired_rows_are_invisible_before_the_purge_and_purge_removes_them() {
 
 #[tokio::test]
 async fn purge_task_purges_in_the_background() {
-    let Some(store) = store_on("pg_purge_task_sessions").await else { return };
+    let Some(store) = store_on("pg_purge_task_sessions").await else {
+        return;
+    };
     for _ in 0..3 {
         store
             .save(&key(), &expired(&[("a", "1")]), SaveMode::Replace)
@@ -190,7 +213,11 @@ async fn merge_into_an_expired_row_replaces_it_whole() {
     let Some(store) = store().await else { return };
     let key = key();
     store
-        .save(&key, &expired(&[("old", "1"), ("a", "1")]), SaveMode::Replace)
+        .save(
+            &key,
+            &expired(&[("old", "1"), ("a", "1")]),
+            SaveMode::Replace,
+        )
         .await
         .unwrap();
     store
@@ -199,7 +226,11 @@ async fn merge_into_an_expired_row_replaces_it_whole() {
         .unwrap();
     let loaded = store.load(&key).await.unwrap().unwrap();
     let names: Vec<&str> = loaded.fields.keys().map(|k| &**k).collect();
-    assert_eq!(names, ["a"], "fields of the expired session do not come back");
+    assert_eq!(
+        names,
+        ["a"],
+        "fields of the expired session do not come back"
+    );
 }
 
 #[tokio::test]
@@ -229,7 +260,13 @@ async fn merged_values_round_trip_byte_exact() {
     let Some(store) = store().await else { return };
     let key = key();
     store
-        .create(&key, &record(&[("n", "1.50"), ("keep", "{ \"b\" : 1, \"a\": 2 }")], MINUTE))
+        .create(
+            &key,
+            &record(
+                &[("n", "1.50"), ("keep", "{ \"b\" : 1, \"a\": 2 }")],
+                MINUTE,
+            ),
+        )
         .await
         .unwrap();
     let tricky = record(
@@ -242,10 +279,16 @@ async fn merged_values_round_trip_byte_exact() {
     );
     store.save(&key, &tricky, SaveMode::Merge).await.unwrap();
     let loaded = store.load(&key).await.unwrap().unwrap();
-    assert_eq!(&*loaded.fields["名前"], "\"Dhruv 🧠 \\\"quoted\\\" \\\\ back\"");
+    assert_eq!(
+        &*loaded.fields["名前"],
+        "\"Dhruv 🧠 \\\"quoted\\\" \\\\ back\""
+    );
     assert_eq!(&*loaded.fields["n"], "1e2");
     assert_eq!(&*loaded.fields["escaped"], "\"\\u00e9\\u0000\"");
-    assert_eq!(&*loaded.fields["keep"], "{ \"b\" : 1, \"a\": 2 }", "jsonb did not normalise it");
+    assert_eq!(
+        &*loaded.fields["keep"], "{ \"b\" : 1, \"a\": 2 }",
+        "jsonb did not normalise it"
+    );
 }
 
 #[tokio::test]
@@ -281,22 +324,35 @@ async fn fields_that_are_not_strings_are_skipped_and_kept_in_the_row() {
             .fetch_one(store.pool())
             .await
             .unwrap();
-    assert_eq!((bad.as_str(), good.as_str()), ("2", "2"), "the undecodable field is not lost");
+    assert_eq!(
+        (bad.as_str(), good.as_str()),
+        ("2", "2"),
+        "the undecodable field is not lost"
+    );
     store.delete(&key).await.unwrap();
 }
 
 #[tokio::test]
 async fn two_instances_lose_no_concurrent_merge() {
-    let (Some(first), Some(second)) = (store().await, store().await) else { return };
+    let (Some(first), Some(second)) = (store().await, store().await) else {
+        return;
+    };
     let key = key();
-    first.create(&key, &record(&[("base", "0")], MINUTE)).await.unwrap();
+    first
+        .create(&key, &record(&[("base", "0")], MINUTE))
+        .await
+        .unwrap();
     let stores = [&first, &second];
     let results = join_all((0..60).map(|i| {
         let store = stores[i % 2];
         async move {
             let name = format!("f{i}");
             store
-                .save(&key, &record(&[(name.as_str(), "1")], MINUTE), SaveMode::Merge)
+                .save(
+                    &key,
+                    &record(&[(name.as_str(), "1")], MINUTE),
+                    SaveMode::Merge,
+                )
                 .await
         }
     }))
@@ -310,7 +366,11 @@ async fn a_refused_connection_is_a_store_error_not_a_panic() {
     let started = Instant::now();
     let result = PostgresStore::connect("postgres://postgres@127.0.0.1:1/test").await;
     assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
 
     // A pool that cannot reach its server times out instead.
     let pool = PgPoolOptions::new()
@@ -320,7 +380,10 @@ async fn a_refused_connection_is_a_store_error_not_a_panic() {
     let store = PostgresStore::from_pool(pool);
     let key = key();
     assert!(matches!(store.load(&key).await, Err(StoreError::Timeout)));
-    assert!(store.save(&key, &record(&[], MINUTE), SaveMode::Merge).await.is_err());
+    assert!(store
+        .save(&key, &record(&[], MINUTE), SaveMode::Merge)
+        .await
+        .is_err());
     assert!(store.purge_expired().await.is_err());
 }
 

@@ -28,7 +28,10 @@ async fn raw() -> MultiplexedConnection {
         .unwrap()
 }
 
-async fn query<T: redis::FromRedisValue>(connection: &mut MultiplexedConnection, args: &[&str]) -> T {
+async fn query<T: redis::FromRedisValue>(
+    connection: &mut MultiplexedConnection,
+    args: &[&str],
+) -> T {
     let mut command = redis::cmd(args[0]);
     for arg in &args[1..] {
         command.arg(*arg);
@@ -46,14 +49,23 @@ async fn keys_carry_the_configured_prefix() {
     let prefix = format!("typed-sessions-test:{}:", std::process::id());
     let store = store.with_prefix(prefix.clone());
     let key = key();
-    store.create(&key, &record(&[("views", "1")], MINUTE)).await.unwrap();
+    store
+        .create(&key, &record(&[("views", "1")], MINUTE))
+        .await
+        .unwrap();
 
     let mut raw = raw().await;
     let prefixed = format!("{prefix}{key}");
     assert_eq!(store.redis_key(&key), prefixed);
     assert_eq!(query::<i64>(&mut raw, &["EXISTS", &prefixed]).await, 1);
-    assert_eq!(query::<i64>(&mut raw, &["EXISTS", &format!("session:{key}")]).await, 0);
-    assert_eq!(query::<String>(&mut raw, &["TYPE", &prefixed]).await, "hash");
+    assert_eq!(
+        query::<i64>(&mut raw, &["EXISTS", &format!("session:{key}")]).await,
+        0
+    );
+    assert_eq!(
+        query::<String>(&mut raw, &["TYPE", &prefixed]).await,
+        "hash"
+    );
     store.delete(&key).await.unwrap();
     assert_eq!(query::<i64>(&mut raw, &["EXISTS", &prefixed]).await, 0);
 }
@@ -76,7 +88,12 @@ async fn a_merge_writes_only_the_changed_fields() {
         .await
         .unwrap();
     let stored: Vec<(String, String)> = query(&mut raw, &["HGETALL", &redis_key]).await;
-    let field = |name: &str| stored.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let field = |name: &str| {
+        stored
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(field("views"), Some("2"));
     assert_eq!(field("cart"), Some("[\"raw\"]"));
     assert!(field(RedisStore::CREATED_FIELD).is_some());
@@ -90,27 +107,43 @@ async fn every_write_sets_the_native_expiry() {
     let key = key();
     let redis_key = store.redis_key(&key);
     let mut raw = raw().await;
-    store.create(&key, &record(&[("a", "1")], MINUTE)).await.unwrap();
+    store
+        .create(&key, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap();
     let ttl: i64 = query(&mut raw, &["PTTL", &redis_key]).await;
     assert!((58_000..=60_000).contains(&ttl), "PTTL after create: {ttl}");
 
     store
-        .save(&key, &record(&[("a", "2")], Duration::from_secs(30)), SaveMode::Merge)
+        .save(
+            &key,
+            &record(&[("a", "2")], Duration::from_secs(30)),
+            SaveMode::Merge,
+        )
         .await
         .unwrap();
     let ttl: i64 = query(&mut raw, &["PTTL", &redis_key]).await;
     assert!((28_000..=30_000).contains(&ttl), "PTTL after merge: {ttl}");
 
     store
-        .touch(&key, Timestamp::now().saturating_add(Duration::from_secs(120)))
+        .touch(
+            &key,
+            Timestamp::now().saturating_add(Duration::from_secs(120)),
+        )
         .await
         .unwrap();
     let ttl: i64 = query(&mut raw, &["PTTL", &redis_key]).await;
-    assert!((118_000..=120_000).contains(&ttl), "PTTL after touch: {ttl}");
+    assert!(
+        (118_000..=120_000).contains(&ttl),
+        "PTTL after touch: {ttl}"
+    );
     let expires: String = query(&mut raw, &["HGET", &redis_key, RedisStore::EXPIRES_FIELD]).await;
     let expires: u64 = expires.parse().unwrap();
     let deadline = Timestamp::now().as_millis() + 120_000;
-    assert!(expires.abs_diff(deadline) < 2_000, "stored deadline {expires}, expected about {deadline}");
+    assert!(
+        expires.abs_diff(deadline) < 2_000,
+        "stored deadline {expires}, expected about {deadline}"
+    );
 }
 
 #[tokio::test]
@@ -121,14 +154,23 @@ async fn touch_never_creates_a_record() {
 
     let absent = key();
     store.touch(&absent, later).await.unwrap();
-    assert_eq!(query::<i64>(&mut raw, &["EXISTS", &store.redis_key(&absent)]).await, 0);
+    assert_eq!(
+        query::<i64>(&mut raw, &["EXISTS", &store.redis_key(&absent)]).await,
+        0
+    );
 
     // A touch to a passed deadline ends the record instead of leaving it without expiry.
     let present = key();
-    store.create(&present, &record(&[("a", "1")], MINUTE)).await.unwrap();
+    store
+        .create(&present, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap();
     let past = Timestamp::from_millis(Timestamp::now().as_millis() - 1_000);
     store.touch(&present, past).await.unwrap();
-    assert_eq!(query::<i64>(&mut raw, &["EXISTS", &store.redis_key(&present)]).await, 0);
+    assert_eq!(
+        query::<i64>(&mut raw, &["EXISTS", &store.redis_key(&present)]).await,
+        0
+    );
     assert!(store.load(&present).await.unwrap().is_none());
 }
 
@@ -161,5 +203,9 @@ async fn an_unreachable_server_fails_fast() {
     // Nothing listens on port 1.
     let result = RedisStore::connect("redis://127.0.0.1:1").await;
     assert!(result.is_err());
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
 }

@@ -57,7 +57,10 @@ async fn sessions_spread_over_the_masters_one_key_each() {
     let store = store.with_prefix(prefix.clone());
     let keys: Vec<_> = (0..30).map(|_| key()).collect();
     for key in &keys {
-        store.create(key, &record(&[("n", "1")], MINUTE)).await.unwrap();
+        store
+            .create(key, &record(&[("n", "1")], MINUTE))
+            .await
+            .unwrap();
     }
 
     // Ask every master, directly, which of these sessions it holds.
@@ -123,7 +126,12 @@ async fn a_merge_writes_only_the_changed_fields() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    let field = |name: &str| stored.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let field = |name: &str| {
+        stored
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(field("views"), Some("2"));
     assert_eq!(field("cart"), Some("[\"raw\"]"));
     let ttl: i64 = redis::cmd("PTTL")
@@ -139,7 +147,10 @@ async fn touch_never_creates_a_record() {
     let Some(store) = store().await else { return };
     let absent = key();
     store
-        .touch(&absent, session_core::Timestamp::now().saturating_add(MINUTE))
+        .touch(
+            &absent,
+            session_core::Timestamp::now().saturating_add(MINUTE),
+        )
         .await
         .unwrap();
     let mut raw = raw().await;

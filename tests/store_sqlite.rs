@@ -142,12 +142,21 @@ async fn table_name_is_configurable_and_the_table_is_created_on_first_use() {
         .with_table_name("web_sessions")
         .unwrap();
     assert_eq!(store.table_name(), "web_sessions");
-    assert!(!table_exists(&pool, "web_sessions").await, "from_pool does no I/O");
+    assert!(
+        !table_exists(&pool, "web_sessions").await,
+        "from_pool does no I/O"
+    );
 
     let key = key();
-    assert!(store.create(&key, &record(&[("a", "1")], MINUTE)).await.unwrap());
+    assert!(store
+        .create(&key, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap());
     assert!(table_exists(&pool, "web_sessions").await);
-    assert!(!table_exists(&pool, "sessions").await, "the default table is not used");
+    assert!(
+        !table_exists(&pool, "sessions").await,
+        "the default table is not used"
+    );
     assert_eq!(rows(&pool, "web_sessions").await, 1);
     assert!(store.load(&key).await.unwrap().is_some());
 }
@@ -167,7 +176,13 @@ async fn explicit_migrate_creates_the_table_and_is_idempotent() {
 #[tokio::test]
 async fn invalid_table_names_are_refused() {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
-    for bad in ["", "1st", "a b", "x\"; DROP TABLE sessions; --", "main.sessions"] {
+    for bad in [
+        "",
+        "1st",
+        "a b",
+        "x\"; DROP TABLE sessions; --",
+        "main.sessions",
+    ] {
         let error = store.clone().with_table_name(bad).unwrap_err();
         assert_eq!(error.name(), bad);
     }
@@ -183,12 +198,25 @@ async fn expired_rows_are_invisible_before_the_purge_and_purge_removes_them() {
         .await
         .unwrap();
     let live = key();
-    store.create(&live, &record(&[("a", "1")], MINUTE)).await.unwrap();
+    store
+        .create(&live, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap();
 
-    assert_eq!(rows(pool, "sessions").await, 2, "the expired row is still stored");
+    assert_eq!(
+        rows(pool, "sessions").await,
+        2,
+        "the expired row is still stored"
+    );
     assert!(store.load(&dead).await.unwrap().is_none());
-    store.touch(&dead, Timestamp::now().saturating_add(MINUTE)).await.unwrap();
-    assert!(store.load(&dead).await.unwrap().is_none(), "touch does not revive a row");
+    store
+        .touch(&dead, Timestamp::now().saturating_add(MINUTE))
+        .await
+        .unwrap();
+    assert!(
+        store.load(&dead).await.unwrap().is_none(),
+        "touch does not revive a row"
+    );
 
     assert_eq!(store.purge_expired().await.unwrap(), 1);
     assert_eq!(rows(pool, "sessions").await, 1);
@@ -200,7 +228,11 @@ async fn merge_into_an_expired_row_replaces_it_whole() {
     let store = TempSqliteStore::new().await;
     let key = key();
     store
-        .save(&key, &expired(&[("old", "1"), ("a", "1")]), SaveMode::Replace)
+        .save(
+            &key,
+            &expired(&[("old", "1"), ("a", "1")]),
+            SaveMode::Replace,
+        )
         .await
         .unwrap();
     store
@@ -209,7 +241,11 @@ async fn merge_into_an_expired_row_replaces_it_whole() {
         .unwrap();
     let loaded = store.load(&key).await.unwrap().unwrap();
     let names: Vec<&str> = loaded.fields.keys().map(|k| &**k).collect();
-    assert_eq!(names, ["a"], "fields of the expired session do not come back");
+    assert_eq!(
+        names,
+        ["a"],
+        "fields of the expired session do not come back"
+    );
 }
 
 #[tokio::test]
@@ -264,7 +300,10 @@ async fn merged_values_round_trip_byte_exact() {
     let store = TempSqliteStore::new().await;
     let key = key();
     store
-        .create(&key, &record(&[("n", "1.50"), ("keep", "{ \"spaced\" : 1 }")], MINUTE))
+        .create(
+            &key,
+            &record(&[("n", "1.50"), ("keep", "{ \"spaced\" : 1 }")], MINUTE),
+        )
         .await
         .unwrap();
     let tricky = record(
@@ -277,7 +316,10 @@ async fn merged_values_round_trip_byte_exact() {
     );
     store.save(&key, &tricky, SaveMode::Merge).await.unwrap();
     let loaded = store.load(&key).await.unwrap().unwrap();
-    assert_eq!(&*loaded.fields["名前"], "\"Dhruv 🧠 \\\"quoted\\\" \\\\ back\"");
+    assert_eq!(
+        &*loaded.fields["名前"],
+        "\"Dhruv 🧠 \\\"quoted\\\" \\\\ back\""
+    );
     assert_eq!(&*loaded.fields["n"], "1e2");
     assert_eq!(&*loaded.fields["nul"], "\"\\u0000\"");
     assert_eq!(&*loaded.fields["keep"], "{ \"spaced\" : 1 }");
@@ -301,7 +343,13 @@ async fn fields_that_are_not_strings_are_skipped_and_kept_in_the_row() {
     let store = TempSqliteStore::new().await;
     let pool = store.store.pool();
     let key = key();
-    insert_raw(pool, "sessions", &key, r#"{"good":"1","bad":2,"worse":{"x":"y"}}"#).await;
+    insert_raw(
+        pool,
+        "sessions",
+        &key,
+        r#"{"good":"1","bad":2,"worse":{"x":"y"}}"#,
+    )
+    .await;
     let loaded = store.load(&key).await.unwrap().unwrap();
     let names: Vec<&str> = loaded.fields.keys().map(|k| &**k).collect();
     assert_eq!(names, ["good"]);
@@ -317,7 +365,11 @@ async fn fields_that_are_not_strings_are_skipped_and_kept_in_the_row() {
     .fetch_one(pool)
     .await
     .unwrap();
-    assert_eq!((bad, good.as_str()), (2, "2"), "the undecodable field is not lost");
+    assert_eq!(
+        (bad, good.as_str()),
+        (2, "2"),
+        "the undecodable field is not lost"
+    );
 }
 
 #[tokio::test]
@@ -326,14 +378,21 @@ async fn two_pools_on_one_file_lose_no_concurrent_merge() {
     let first = TempSqliteStore::new().await;
     let second = SqliteStore::connect(&url(&first.dir)).await.unwrap();
     let key = key();
-    first.create(&key, &record(&[("base", "0")], MINUTE)).await.unwrap();
+    first
+        .create(&key, &record(&[("base", "0")], MINUTE))
+        .await
+        .unwrap();
     let stores: [&dyn Store; 2] = [&first, &second];
     let writes = (0..60).map(|i| {
         let store = stores[i % 2];
         async move {
             let name = format!("f{i}");
             store
-                .save(&key, &record(&[(name.as_str(), "1")], MINUTE), SaveMode::Merge)
+                .save(
+                    &key,
+                    &record(&[(name.as_str(), "1")], MINUTE),
+                    SaveMode::Merge,
+                )
                 .await
         }
     });

@@ -8,6 +8,10 @@ use crate::store::Store;
 
 /// Server-side idle timeout when neither `max_age` nor `idle_timeout` is set.
 pub(crate) const DEFAULT_IDLE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default limit on one store call.
+pub(crate) const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default lease of a per-session lock.
+pub(crate) const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
 /// Default keep-alive touch throttle.
 pub(crate) const DEFAULT_TOUCH_AFTER: Duration = Duration::from_secs(60);
 
@@ -72,6 +76,16 @@ pub(crate) struct Config {
     pub(crate) error_status: u16,
     pub(crate) save_errors: SaveErrors,
     pub(crate) max_record_bytes: usize,
+    pub(crate) store_timeout: Option<Duration>,
+    pub(crate) lock: Option<LockConfig>,
+}
+
+/// Per-session locking: how long a lock lives if its holder vanishes, and how long a request
+/// waits for one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LockConfig {
+    pub(crate) lease: Duration,
+    pub(crate) wait: Duration,
 }
 
 impl Config {
@@ -97,6 +111,8 @@ impl Config {
             error_status: 500,
             save_errors: SaveErrors::Respond,
             max_record_bytes: 1 << 20,
+            store_timeout: Some(DEFAULT_STORE_TIMEOUT),
+            lock: None,
         }
     }
 
@@ -143,6 +159,14 @@ impl Config {
                 return Err(ConfigError::Timeout(name));
             }
         }
+        if let Some(lock) = self.lock {
+            if !self.store.supports_locks() {
+                return Err(ConfigError::LocksUnsupported);
+            }
+            if lock.lease <= lock.wait {
+                return Err(ConfigError::LockLease);
+            }
+        }
         Ok(())
     }
 }
@@ -169,6 +193,12 @@ pub enum ConfigError {
     /// The error status is not a 4xx or 5xx code.
     #[error("session error status {0} is not a 4xx or 5xx status")]
     ErrorStatus(u16),
+    /// Per-session locks were asked for on a store that has none.
+    #[error("this store does not support per-session locks (the memory, Redis and PostgreSQL stores do)")]
+    LocksUnsupported,
+    /// The lock lease is not longer than the lock wait.
+    #[error("the session lock lease must be longer than the time a request waits for the lock")]
+    LockLease,
     /// A timeout is shorter than one second.
     #[error("`{0}` must be at least one second")]
     Timeout(&'static str),

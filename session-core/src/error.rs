@@ -27,6 +27,9 @@ pub enum SessionError {
     /// The operating system could not provide random bytes for a new id.
     #[error("could not generate a session id: {0}")]
     Random(String),
+    /// The session's lock was held by another request for longer than the configured wait.
+    #[error("the session is locked by another request; gave up after {0:?}")]
+    LockTimeout(std::time::Duration),
     /// The store reported a collision for every fresh id tried.
     #[error("could not find an unused session id")]
     IdCollision,

@@ -14,7 +14,9 @@ use http::{HeaderValue, Request, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::config::{Config, ConfigError, SameSite, SaveErrors, Secure};
+use crate::config::{
+    Config, ConfigError, LockConfig, SameSite, SaveErrors, Secure, DEFAULT_LOCK_LEASE,
+};
 use crate::cookie::{Key, KeyRing};
 use crate::error::SessionError;
 use crate::lifecycle::{CookieAction, RequestState};
@@ -165,6 +167,45 @@ impl SessionLayer {
     /// [`SessionError::TooLarge`]. Default: 1 MiB.
     pub fn with_max_record_bytes(self, limit: usize) -> Self {
         self.edit(|c| c.max_record_bytes = limit)
+    }
+
+    /// The longest one store call may take before the request fails with
+    /// [`StoreError::Timeout`](crate::StoreError::Timeout). Default: 10 seconds.
+    pub fn with_store_timeout(self, limit: Duration) -> Self {
+        self.edit(|c| c.store_timeout = Some(limit))
+    }
+
+    /// Lets store calls take as long as they take.
+    pub fn without_store_timeout(self) -> Self {
+        self.edit(|c| c.store_timeout = None)
+    }
+
+    /// Serialises the requests of one session: a request that takes the session waits (at
+    /// most `wait`) until no other request holds it, and holds it until its changes are saved.
+    /// Then no update is lost, even when concurrent requests change the same field (without
+    /// it, per-field writes keep changes to *different* fields, and the last writer of one
+    /// field wins). Costs a lock round trip per request on stores that keep the lock
+    /// remotely. The memory store locks in process, Redis with a lease key (`SET NX PX`),
+    /// PostgreSQL with an advisory lock. Off by default.
+    ///
+    /// A request that cannot get the lock in time fails with the error status.
+    pub fn with_session_lock(self, wait: Duration) -> Self {
+        self.edit(|c| {
+            let lease = c
+                .lock
+                .map_or(DEFAULT_LOCK_LEASE, |l| l.lease)
+                .max(wait.saturating_mul(2));
+            c.lock = Some(LockConfig { lease, wait });
+        })
+    }
+
+    /// How long a per-session lock lives if the request holding it vanishes (a crashed
+    /// process): it must be longer than the wait. Default: 30 seconds.
+    pub fn with_session_lock_lease(self, lease: Duration) -> Self {
+        self.edit(|c| {
+            let wait = c.lock.map_or(Duration::from_secs(5), |l| l.wait);
+            c.lock = Some(LockConfig { lease, wait });
+        })
     }
 
     /// Checks the options.

@@ -19,6 +19,7 @@
 //! A new session that cannot get its cookie (a `Secure` cookie on a plain-HTTP request) is
 //! not stored at all, so no orphan record is left behind.
 
+use std::future::Future;
 use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -28,6 +29,7 @@ use crate::data::SessionView;
 use crate::error::SessionError;
 use crate::id::SessionId;
 use crate::record::{Fields, Record, SaveMode, Timestamp};
+use crate::store::{SessionLock, StoreError};
 
 /// How many fresh ids to try when the store reports a collision.
 const CREATE_ATTEMPTS: usize = 4;
@@ -54,6 +56,8 @@ struct Inner {
     record: Option<Record>,
     /// The request's cookie named a live record.
     existed: bool,
+    /// The per-session lock, while held.
+    held: Option<SessionLock>,
     /// Changed fields not yet written.
     pending: Fields,
     /// `clear()` ran: the next write replaces every stored field.
@@ -131,7 +135,21 @@ impl RequestState {
                 .is_none_or(|absolute| record.created_at.saturating_add(absolute) > now)
     }
 
-    /// Reads the cookie's session from the store, once per request.
+    /// Runs a store call under the configured timeout.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.config.store_timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or(Err(StoreError::Timeout)),
+            None => call.await,
+        }
+    }
+
+    /// Reads the cookie's session from the store, once per request, taking its lock first
+    /// when per-session locks are on.
     pub(crate) async fn load(&self) -> Result<(), SessionError> {
         let Some(id) = self.lookup.id else {
             self.lock().loaded = true;
@@ -140,7 +158,23 @@ impl RequestState {
         if self.lock().loaded {
             return Ok(());
         }
-        let record = self.config.store.load(&id.store_key()).await?;
+        if let Some(lock) = self.config.lock {
+            let held = self
+                .call(self.config.store.lock(&id.store_key(), lock.lease, lock.wait))
+                .await?
+                .ok_or(SessionError::LockTimeout(lock.wait))?;
+            self.lock().held = Some(held);
+        }
+        let record = match self.call(self.config.store.load(&id.store_key())).await {
+            Ok(record) => record,
+            // An unreadable record is left as it is (nothing stored is destroyed) and the
+            // visitor starts a new session under a fresh id.
+            Err(StoreError::Corrupt(reason)) => {
+                tracing::warn!(%reason, "stored session record is unreadable; starting a new session");
+                None
+            }
+            Err(error) => return Err(error.into()),
+        };
         let record = record.filter(|r| self.is_live(r, Timestamp::now()));
         let mut inner = self.lock();
         if !inner.loaded {
@@ -207,7 +241,7 @@ impl RequestState {
             inner.record.as_ref().and(inner.id)
         };
         if let Some(id) = id {
-            let record = self.config.store.load(&id.store_key()).await?;
+            let record = self.call(self.config.store.load(&id.store_key())).await?;
             let record = record.filter(|r| self.is_live(r, Timestamp::now()));
             let mut inner = self.lock();
             if record.is_none() {
@@ -224,7 +258,19 @@ impl RequestState {
     }
 
     /// Applies the end-of-request rules; returns what the response's cookie should say.
+    /// Releases the per-session lock, if one is held, whatever happened.
     pub(crate) async fn finish(&self) -> Result<CookieAction, SessionError> {
+        let result = self.apply_rules().await;
+        let held = self.lock().held.take();
+        if let Some(held) = held {
+            if let Err(error) = held.release().await {
+                tracing::warn!(%error, "could not release the session lock; it lapses with its lease");
+            }
+        }
+        result
+    }
+
+    async fn apply_rules(&self) -> Result<CookieAction, SessionError> {
         let (destroy, id, stored) = {
             let inner = self.lock();
             if !inner.extracted {
@@ -239,7 +285,7 @@ impl RequestState {
         };
         if destroy {
             if let (Some(id), true) = (id, stored) {
-                self.config.store.delete(&id.store_key()).await?;
+                self.call(self.config.store.delete(&id.store_key())).await?;
             }
             let mut inner = self.lock();
             inner.record = None;
@@ -335,19 +381,15 @@ impl RequestState {
         let new_id = if plan.fresh_id {
             let id = self.create(&plan.whole).await?;
             if let Some(old) = plan.old_id {
-                config.store.delete(&old.store_key()).await?;
+                self.call(config.store.delete(&old.store_key())).await?;
             }
             Some(id)
         } else if let Some(id) = plan.old_id {
             if plan.replace || !explicit && config.resave && plan.partial.fields.is_empty() {
-                config
-                    .store
-                    .save(&id.store_key(), &plan.whole, SaveMode::Replace)
+                self.call(config.store.save(&id.store_key(), &plan.whole, SaveMode::Replace))
                     .await?;
             } else {
-                config
-                    .store
-                    .save(&id.store_key(), &plan.partial, SaveMode::Merge)
+                self.call(config.store.save(&id.store_key(), &plan.partial, SaveMode::Merge))
                     .await?;
             }
             None
@@ -372,7 +414,7 @@ impl RequestState {
     async fn create(&self, record: &Record) -> Result<SessionId, SessionError> {
         for _ in 0..CREATE_ATTEMPTS {
             let id = SessionId::generate().map_err(|e| SessionError::Random(e.to_string()))?;
-            if self.config.store.create(&id.store_key(), record).await? {
+            if self.call(self.config.store.create(&id.store_key(), record)).await? {
                 return Ok(id);
             }
             tracing::warn!("session id collision in the store; drawing another id");
@@ -401,7 +443,7 @@ impl RequestState {
             }
             (id, deadline)
         };
-        self.config.store.touch(&id.store_key(), deadline).await?;
+        self.call(self.config.store.touch(&id.store_key(), deadline)).await?;
         if let Some(record) = self.lock().record.as_mut() {
             record.expires_at = deadline;
         }

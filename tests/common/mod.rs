@@ -55,7 +55,13 @@ impl RecordingStore {
         self.calls.lock().unwrap().clear();
     }
 
-    fn record(&self, op: &'static str, key: &StoreKey, record: Option<&Record>, mode: Option<SaveMode>) {
+    fn record(
+        &self,
+        op: &'static str,
+        key: &StoreKey,
+        record: Option<&Record>,
+        mode: Option<SaveMode>,
+    ) {
         let fields = record
             .map(|r| r.fields.keys().map(|k| k.to_string()).collect())
             .unwrap_or_default();
@@ -78,7 +84,12 @@ impl Store for RecordingStore {
         self.record("create", key, Some(record), None);
         self.inner.create(key, record).await
     }
-    async fn save(&self, key: &StoreKey, record: &Record, mode: SaveMode) -> Result<(), StoreError> {
+    async fn save(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        mode: SaveMode,
+    ) -> Result<(), StoreError> {
         self.record("save", key, Some(record), Some(mode));
         self.inner.save(key, record, mode).await
     }
@@ -98,6 +109,8 @@ pub struct FlakyStore {
     pub inner: MemoryStore,
     pub fail_load: Arc<AtomicBool>,
     pub fail_write: Arc<AtomicBool>,
+    /// Loads report the record as unreadable.
+    pub corrupt_load: Arc<AtomicBool>,
 }
 
 impl FlakyStore {
@@ -114,13 +127,21 @@ impl FlakyStore {
 impl Store for FlakyStore {
     async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         Self::check(&self.fail_load)?;
+        if self.corrupt_load.load(Ordering::SeqCst) {
+            return Err(StoreError::Corrupt("injected: not a record".to_owned()));
+        }
         self.inner.load(key).await
     }
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
         Self::check(&self.fail_write)?;
         self.inner.create(key, record).await
     }
-    async fn save(&self, key: &StoreKey, record: &Record, mode: SaveMode) -> Result<(), StoreError> {
+    async fn save(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        mode: SaveMode,
+    ) -> Result<(), StoreError> {
         Self::check(&self.fail_write)?;
         self.inner.save(key, record, mode).await
     }
@@ -188,7 +209,8 @@ pub fn get(uri: &str, cookie: Option<&str>) -> Request<Body> {
 }
 
 pub fn post_form(uri: &str, form: &str, cookie: Option<&str>) -> Request<Body> {
-    let mut builder = Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    let mut builder =
+        Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
     if let Some(cookie) = cookie {
         builder = builder.header(header::COOKIE, cookie);
     }
@@ -251,3 +273,5 @@ pub fn server_or_skip<T, E: std::fmt::Display>(what: &str, connected: Result<T, 
         }
     }
 }
+
+pub mod wide;

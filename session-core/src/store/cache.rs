@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::memory::shard_index;
-use super::{Store, StoreError};
+use super::{SessionLock, Store, StoreError};
 use crate::id::StoreKey;
 use crate::record::{Record, SaveMode, Timestamp};
 
@@ -198,6 +198,24 @@ impl<S: Store> Store for CachingStore<S> {
         // Forget first: even if the store fails, a deleted session must not be served.
         self.shard(key).remove(key);
         self.inner.delete(key).await
+    }
+
+    fn supports_locks(&self) -> bool {
+        self.inner.supports_locks()
+    }
+
+    async fn lock(
+        &self,
+        key: &StoreKey,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
+        let lock = self.inner.lock(key, lease, wait).await?;
+        if lock.is_some() {
+            // Whoever held the lock may have written through another instance.
+            self.shard(key).remove(key);
+        }
+        Ok(lock)
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {

@@ -225,7 +225,11 @@ impl MemcachedStore {
         let exptime = expiry_seconds(record.expires_at, Timestamp::now());
         for attempt in 0..MAX_CAS_ATTEMPTS {
             backoff(attempt).await;
-            match self.pool.store(Verb::Add, item_key, exptime, data, None).await? {
+            match self
+                .pool
+                .store(Verb::Add, item_key, exptime, data, None)
+                .await?
+            {
                 Reply::Stored => return Ok(true),
                 Reply::NotStored => {}
                 other => return Err(unexpected(other)),
@@ -423,7 +427,9 @@ fn decode(data: &[u8]) -> Result<Record, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("memcached session record {what}"));
     let value: serde_json::Value =
         serde_json::from_slice(data).map_err(|e| corrupt(&format!("is not JSON: {e}")))?;
-    let object = value.as_object().ok_or_else(|| corrupt("is not an object"))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| corrupt("is not an object"))?;
     match object.get("v").and_then(serde_json::Value::as_u64) {
         Some(FORMAT_VERSION) => {}
         Some(other) => return Err(corrupt(&format!("has unknown format version {other}"))),
@@ -573,7 +579,9 @@ impl Pooled<'_> {
         match self.connection.as_mut() {
             Some(connection) => connection.run(command).await,
             // Only `drop` takes the connection out.
-            None => Err(CommandError::Protocol("connection already returned".to_owned())),
+            None => Err(CommandError::Protocol(
+                "connection already returned".to_owned(),
+            )),
         }
     }
 }
@@ -592,7 +600,9 @@ impl Pool {
 
     fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
         // The list is only pushed to and popped from; a panic elsewhere cannot break it.
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn put(&self, connection: Connection) {
@@ -835,9 +845,7 @@ impl Connection {
                 break;
             }
             if let Some(value) = line.strip_prefix(b"STAT item_size_max ") {
-                limit = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse().ok());
+                limit = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
             } else if !line.starts_with(b"STAT ") {
                 return Err(error_reply(line));
             }
@@ -913,7 +921,9 @@ impl Connection {
             ));
         }
         if self.read_line().await? != b"END" {
-            return Err(CommandError::Protocol("value not followed by END".to_owned()));
+            return Err(CommandError::Protocol(
+                "value not followed by END".to_owned(),
+            ));
         }
         Ok(Some((data, cas)))
     }
@@ -1000,7 +1010,10 @@ mod tests {
 
     #[test]
     fn addresses_parse_with_or_without_scheme_and_port() {
-        assert_eq!(parse_address("memcache://127.0.0.1:11211").unwrap(), "127.0.0.1:11211");
+        assert_eq!(
+            parse_address("memcache://127.0.0.1:11211").unwrap(),
+            "127.0.0.1:11211"
+        );
         assert_eq!(parse_address("memcached://cache/").unwrap(), "cache:11211");
         assert_eq!(parse_address("[::1]:4000").unwrap(), "[::1]:4000");
         assert_eq!(parse_address("[::1]").unwrap(), "[::1]:11211");

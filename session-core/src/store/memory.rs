@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Store, StoreError};
+use super::{LocalLocks, SessionLock, Store, StoreError};
 use crate::id::StoreKey;
 use crate::record::{Record, SaveMode, Timestamp};
 
@@ -29,6 +29,9 @@ type Shard = HashMap<StoreKey, Record>;
 ///   default). When a shard is full, expired records go first, then the record closest to
 ///   expiry, so a flood of new sessions cannot grow memory without limit.
 ///
+/// - **Locks**: per-session locks ([`with_session_lock`](crate::SessionLayer::with_session_lock))
+///   are held in process.
+///
 /// Records are lost when the process exits; use a persistent store in production.
 #[derive(Clone)]
 pub struct MemoryStore {
@@ -37,6 +40,7 @@ pub struct MemoryStore {
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
+    locks: LocalLocks,
     capacity_per_shard: usize,
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
@@ -68,6 +72,7 @@ impl MemoryStore {
         Self {
             inner: Arc::new(Inner {
                 shards,
+                locks: LocalLocks::new(),
                 capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
                 sweep_interval: sweep_interval.max(Duration::from_millis(10)),
                 sweeper_started: AtomicBool::new(false),
@@ -262,6 +267,19 @@ impl Store for MemoryStore {
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         Ok(sweep(&self.inner.shards, Timestamp::now()) as u64)
+    }
+
+    fn supports_locks(&self) -> bool {
+        true
+    }
+
+    async fn lock(
+        &self,
+        key: &StoreKey,
+        _lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
+        Ok(self.inner.locks.lock(key, wait).await)
     }
 }
 

@@ -23,6 +23,7 @@
 
 use std::error::Error as StdError;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -30,6 +31,7 @@ use crate::id::StoreKey;
 use crate::record::{Record, SaveMode, Timestamp};
 
 mod cache;
+mod lock;
 #[cfg(feature = "file")]
 mod file;
 mod memory;
@@ -47,6 +49,7 @@ mod sql;
 mod sqlite;
 
 pub use cache::CachingStore;
+pub use lock::{LocalLocks, Release, SessionLock};
 #[cfg(feature = "file")]
 pub use file::FileStore;
 pub use memory::MemoryStore;
@@ -92,6 +95,29 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         Ok(0)
     }
+
+    /// Whether [`lock`](Store::lock) is implemented. The layer refuses
+    /// [`with_session_lock`](crate::SessionLayer::with_session_lock) on a store that says no.
+    fn supports_locks(&self) -> bool {
+        false
+    }
+
+    /// Takes the per-session lock of `key`, waiting at most `wait`. The lock frees itself
+    /// after `lease` if its holder vanishes without releasing it. Returns `None` when the lock
+    /// could not be taken in time.
+    ///
+    /// The layer takes it, when asked to, before loading an existing session and releases it
+    /// after the session is saved, so requests on one session run one after another (as
+    /// PHP's session handler does) and no update is lost, even to the same field.
+    async fn lock(
+        &self,
+        key: &StoreKey,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
+        let _ = (key, lease, wait);
+        Err(StoreError::Unsupported("per-session locks"))
+    }
 }
 
 #[async_trait]
@@ -119,6 +145,17 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         (**self).purge_expired().await
     }
+    fn supports_locks(&self) -> bool {
+        (**self).supports_locks()
+    }
+    async fn lock(
+        &self,
+        key: &StoreKey,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
+        (**self).lock(key, lease, wait).await
+    }
 }
 
 /// Why a store call failed.
@@ -137,6 +174,9 @@ pub enum StoreError {
     /// The store refused the record, for example because it is larger than its limit.
     #[error("session store refused the record: {0}")]
     Rejected(String),
+    /// The store does not offer this operation.
+    #[error("this session store does not support {0}")]
+    Unsupported(&'static str),
 }
 
 impl StoreError {

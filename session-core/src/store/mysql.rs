@@ -114,9 +114,8 @@ impl Queries {
     fn new(table: &TableName) -> Self {
         let t = format!("`{}`", table.as_str());
         let index = format!("`{}`", table.index_name());
-        let insert = format!(
-            "INSERT INTO {t} (`key`, data, created_at, expires_at) VALUES (?, ?, ?, ?)"
-        );
+        let insert =
+            format!("INSERT INTO {t} (`key`, data, created_at, expires_at) VALUES (?, ?, ?, ?)");
         Self {
             create_table: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\
@@ -380,9 +379,12 @@ impl MySqlStore {
     /// # }
     /// ```
     pub fn spawn_purge_task(&self, interval: Duration) -> JoinHandle<()> {
-        spawn_purge_task(&self.inner, interval, "mysql", |inner: Arc<Inner>| async move {
-            inner.purge_expired().await
-        })
+        spawn_purge_task(
+            &self.inner,
+            interval,
+            "mysql",
+            |inner: Arc<Inner>| async move { inner.purge_expired().await },
+        )
     }
 
     /// Stops the purge task, if one runs: for example when a cron job purges instead.

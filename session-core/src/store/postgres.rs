@@ -135,9 +135,7 @@ impl Queries {
                 "{upsert} data = EXCLUDED.data, created_at = EXCLUDED.created_at, \
                  expires_at = EXCLUDED.expires_at"
             ),
-            touch: format!(
-                "UPDATE {t} SET expires_at = $1 WHERE \"key\" = $2 AND expires_at > $3"
-            ),
+            touch: format!("UPDATE {t} SET expires_at = $1 WHERE \"key\" = $2 AND expires_at > $3"),
             delete: format!("DELETE FROM {t} WHERE \"key\" = $1"),
             purge: format!("DELETE FROM {t} WHERE expires_at <= $1"),
         }
@@ -362,9 +360,12 @@ impl PostgresStore {
     /// # }
     /// ```
     pub fn spawn_purge_task(&self, interval: Duration) -> JoinHandle<()> {
-        spawn_purge_task(&self.inner, interval, "postgres", |inner: Arc<Inner>| async move {
-            inner.purge_expired().await
-        })
+        spawn_purge_task(
+            &self.inner,
+            interval,
+            "postgres",
+            |inner: Arc<Inner>| async move { inner.purge_expired().await },
+        )
     }
 
     /// Stops the purge task, if one runs: for example when a cron job purges instead.

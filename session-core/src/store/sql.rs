@@ -102,7 +102,9 @@ impl TableName {
         let valid = !bytes.is_empty()
             && bytes.len() <= MAX_TABLE_NAME
             && !bytes[0].is_ascii_digit()
-            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'_');
         if valid {
             Ok(Self(Arc::from(name)))
         } else {
@@ -148,7 +150,11 @@ pub(crate) fn encode_fields(fields: &Fields) -> Result<String, StoreError> {
     }
 
     // Each value grows by its quotes and escapes; most need few.
-    let estimate = fields.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>() + 2;
+    let estimate = fields
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 6)
+        .sum::<usize>()
+        + 2;
     let mut out = Vec::with_capacity(estimate);
     serde_json::to_writer(&mut out, &DataColumn(fields))
         .map_err(|error| StoreError::Rejected(format!("cannot encode session fields: {error}")))?;
@@ -234,7 +240,9 @@ pub(crate) struct PurgeSlot(Mutex<Option<(Duration, AbortHandle)>>);
 impl PurgeSlot {
     fn lock(&self) -> MutexGuard<'_, Option<(Duration, AbortHandle)>> {
         // The slot only ever holds a complete value, so a poisoned lock is still consistent.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The interval of the running task.
@@ -335,7 +343,13 @@ mod tests {
 
     #[test]
     fn table_names_are_plain_identifiers() {
-        for good in ["sessions", "_s", "Sessions2", "app_sessions_v1", &"a".repeat(48)] {
+        for good in [
+            "sessions",
+            "_s",
+            "Sessions2",
+            "app_sessions_v1",
+            &"a".repeat(48),
+        ] {
             assert_eq!(TableName::new(good).unwrap().as_str(), good);
         }
         for bad in [
@@ -377,7 +391,10 @@ mod tests {
     fn data_that_is_not_an_object_is_corrupt() {
         for data in ["not json", "[1,2]", "\"text\"", "null", "42", ""] {
             let result = decode_record(&key(), data, 0, 0);
-            assert!(matches!(result, Err(StoreError::Corrupt(_))), "{data:?}: {result:?}");
+            assert!(
+                matches!(result, Err(StoreError::Corrupt(_))),
+                "{data:?}: {result:?}"
+            );
         }
     }
 
@@ -394,7 +411,10 @@ mod tests {
     fn timestamps_clamp_instead_of_wrapping() {
         assert_eq!(to_sql(Timestamp::from_millis(u64::MAX)), i64::MAX);
         assert_eq!(from_sql(-5), Timestamp::from_millis(0));
-        assert_eq!(from_sql(to_sql(Timestamp::from_millis(123))), Timestamp::from_millis(123));
+        assert_eq!(
+            from_sql(to_sql(Timestamp::from_millis(123))),
+            Timestamp::from_millis(123)
+        );
     }
 
     #[test]
@@ -403,12 +423,21 @@ mod tests {
         assert_eq!(jittered(interval, 0), interval / 2);
         assert_eq!(jittered(interval, u32::MAX), interval * 3 / 2);
         let middle = jittered(interval, u32::MAX / 2);
-        assert!(middle.abs_diff(interval) < Duration::from_millis(1), "{middle:?}");
+        assert!(
+            middle.abs_diff(interval) < Duration::from_millis(1),
+            "{middle:?}"
+        );
 
         let samples: Vec<Duration> = (0..200).map(|_| jittered(interval, random_u32())).collect();
-        assert!(samples.iter().all(|d| *d >= interval / 2 && *d <= interval * 3 / 2));
+        assert!(samples
+            .iter()
+            .all(|d| *d >= interval / 2 && *d <= interval * 3 / 2));
         let distinct: std::collections::HashSet<_> = samples.iter().collect();
-        assert!(distinct.len() > 150, "only {} distinct intervals", distinct.len());
+        assert!(
+            distinct.len() > 150,
+            "only {} distinct intervals",
+            distinct.len()
+        );
         assert!(samples.iter().any(|d| *d < interval) && samples.iter().any(|d| *d > interval));
         // A huge interval saturates instead of panicking.
         assert_eq!(jittered(Duration::MAX, u32::MAX), Duration::MAX);
@@ -433,7 +462,9 @@ mod tests {
     }
 
     async fn count(counter: Arc<Counter>) -> Result<u64, StoreError> {
-        counter.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        counter
+            .runs
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(1)
     }
 
@@ -443,7 +474,10 @@ mod tests {
         let task = spawn_purge_task(&store, Duration::from_millis(20), "test", count);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let runs = store.runs.load(std::sync::atomic::Ordering::SeqCst);
-        assert!(runs >= 3, "ran {runs} times in 200 ms at a 10-30 ms interval");
+        assert!(
+            runs >= 3,
+            "ran {runs} times in 200 ms at a 10-30 ms interval"
+        );
         drop(store);
         // Aborted by the store's drop, or ended at its next wake-up if it was mid-purge.
         let ended = tokio::time::timeout(Duration::from_secs(1), task).await;

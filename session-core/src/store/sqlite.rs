@@ -356,9 +356,12 @@ impl SqliteStore {
     /// # }
     /// ```
     pub fn spawn_purge_task(&self, interval: Duration) -> JoinHandle<()> {
-        spawn_purge_task(&self.inner, interval, "sqlite", |inner: Arc<Inner>| async move {
-            inner.purge_expired().await
-        })
+        spawn_purge_task(
+            &self.inner,
+            interval,
+            "sqlite",
+            |inner: Arc<Inner>| async move { inner.purge_expired().await },
+        )
     }
 
     /// Stops the purge task, if one runs.

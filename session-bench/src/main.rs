@@ -1,0 +1,647 @@
+//! # session-bench: session-core against its peers, side by side in one run
+//!
+//! ```sh
+//! cargo run --release -p session-bench            # the full benchmark (a few minutes)
+//! cargo run --release -p session-bench -- --smoke # seconds: every path once, for CI
+//! ```
+//!
+//! ## What runs
+//!
+//! Five server variants serve the same routes with the same handlers and payloads
+//! (see [`serve`]): bare axum with no sessions; tower-sessions 0.14 with its memory store and
+//! with tower-sessions-redis-store; session-core with its memory store and with its Redis store.
+//! Each runs in a child process of this binary (`session-bench serve VARIANT`), on a
+//! multi-threaded Tokio runtime, so that its memory can be read from `/proc/PID/status` and it
+//! does not share a runtime with the load generator.
+//!
+//! The load generator ([`load`]) runs in this process on a single-threaded runtime: N hyper 1
+//! HTTP/1.1 keep-alive connections over loopback (32 by default), each sending one request at
+//! a time. In returning-visitor scenarios each connection first gets a session of its own
+//! (one untimed request without a cookie; one more to fill the cart in scenario 5) and then
+//! sends that cookie on every request; new visitors send no cookie.
+//!
+//! ## Scenarios
+//!
+//! 1. the handler never takes the session (the lazy path), returning visitor;
+//! 2. new visitor: the session is created and saved;
+//! 3. returning visitor, read only (`/peek`);
+//! 4. returning visitor, counter increment (`/`);
+//! 5. returning visitor with a 64 KB `cart`, changing only `views`.
+//!
+//! ## Method
+//!
+//! - Each scenario starts fresh servers for its variants. Then, for each of R rounds, every
+//!   variant in turn (A B C A B C ...) gets a short warm-up and a timed run of D seconds with
+//!   the same connections. Alternating spreads machine noise over all variants alike.
+//! - Requests/s, p50 and p99 are the median over rounds. A ratio between two variants is the
+//!   median over rounds of the ratio within each round, so a slow moment that hits both
+//!   cancels out.
+//! - Store calls are counted inside the server by a wrapper around each store (session-core's
+//!   `Store`, tower-sessions' `SessionStore`), read from `/__stats` before and after each timed
+//!   run. Writes are creates + saves + touches + deletes.
+//! - Bytes written per request come from a separate short untimed run with byte counting on
+//!   (counting them for tower-sessions means encoding each record once more, which must not
+//!   slow its timed runs). For tower-sessions it is the MessagePack encoding of the record
+//!   written, exactly what tower-sessions-redis-store sends; for session-core, the names and
+//!   values of the fields written plus 16 bytes of timestamps (8 for a touch).
+//! - Memory per session: a fresh server of each memory-store variant, warmed up on the lazy
+//!   route, has its VmRSS read before and after 100 000 new-visitor requests; the difference
+//!   is divided by the sessions the store then holds.
+//! - Redis variants use `redis://127.0.0.1:6379` (or `--redis URL`) and delete what they wrote
+//!   at the end of each scenario: session-core's keys by their `session-bench:` prefix,
+//!   tower-sessions' (which have no prefix) by the ids the counting wrapper saw created.
+//!   If Redis cannot be reached, the Redis variants are skipped with a note.
+//!
+//! The report is Markdown (so BENCHMARKS.md can hold it verbatim) and ends with one line:
+//! `summary: counter_vs_tower=R1 counter_vs_bare=R2 lazy_vs_bare=R3 bigsession_bytes_vs_tower=R4`.
+//!
+//! For profiling, `session-bench drive VARIANT SCENARIO [--duration S]` starts one server,
+//! prints its pid, waits two seconds (attach `perf record -p PID` then) and drives it.
+
+mod counting;
+mod load;
+mod report;
+mod serve;
+mod variant;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::load::{Conn, Limit, RunResult};
+use crate::report::{Cell, MemoryResult, Report};
+use crate::variant::{Scenario, Variant};
+
+/// Everything the command line can set.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub smoke: bool,
+    pub rounds: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connections: usize,
+    /// Sessions created for the memory measurement.
+    pub sessions: u64,
+    /// Requests of the untimed byte-counting run.
+    pub accounting: u64,
+    pub redis_url: String,
+    pub redis: bool,
+    pub memory: bool,
+    pub scenarios: Vec<Scenario>,
+}
+
+impl Options {
+    fn full() -> Self {
+        Self {
+            smoke: false,
+            rounds: 5,
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_millis(300),
+            connections: 32,
+            sessions: 100_000,
+            accounting: 400,
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis: true,
+            memory: true,
+            scenarios: Scenario::ALL.to_vec(),
+        }
+    }
+
+    fn smoke() -> Self {
+        Self {
+            smoke: true,
+            rounds: 1,
+            duration: Duration::from_millis(250),
+            warmup: Duration::from_millis(50),
+            connections: 8,
+            sessions: 5_000,
+            accounting: 40,
+            ..Self::full()
+        }
+    }
+}
+
+const USAGE: &str = "\
+usage:
+  session-bench [--smoke] [--rounds N] [--duration SECS] [--warmup SECS] [--connections N]
+                [--sessions N] [--redis URL | --no-redis] [--no-memory] [--scenarios LIST]
+      runs the benchmark; LIST is a comma-separated subset of lazy,new,peek,counter,big
+  session-bench serve VARIANT [--redis URL]
+      serves one variant (bare, tower-mem, tower-redis, ours-mem, ours-redis)
+  session-bench drive VARIANT SCENARIO [--duration SECS] [--connections N] [--redis URL]
+      starts one server, prints its pid, waits 2 s (attach a profiler), drives it";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("serve") => serve_command(&args[1..]),
+        Some("drive") => drive_command(&args[1..]),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => parse_options(&args).and_then(|options| bench(&options)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("session-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let base = if args.iter().any(|a| a == "--smoke") {
+        Options::smoke()
+    } else {
+        Options::full()
+    };
+    let mut options = base;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--smoke" => {}
+            "--rounds" => options.rounds = number(&value(arg)?)?.max(1.0) as usize,
+            "--duration" => options.duration = Duration::from_secs_f64(number(&value(arg)?)?),
+            "--warmup" => options.warmup = Duration::from_secs_f64(number(&value(arg)?)?),
+            "--connections" => options.connections = number(&value(arg)?)?.max(1.0) as usize,
+            "--sessions" => options.sessions = number(&value(arg)?)? as u64,
+            "--redis" => options.redis_url = value(arg)?,
+            "--no-redis" => options.redis = false,
+            "--no-memory" => options.memory = false,
+            "--scenarios" => {
+                options.scenarios = value(arg)?
+                    .split(',')
+                    .map(|name| {
+                        Scenario::parse(name.trim()).ok_or_else(|| format!("unknown scenario {name:?}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(options)
+}
+
+fn number(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .ok_or_else(|| format!("{text:?} is not a number"))
+}
+
+/// `--redis URL` among `args`, or the default.
+fn redis_arg(args: &[String]) -> String {
+    args.iter()
+        .position(|a| a == "--redis")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| Options::full().redis_url)
+}
+
+fn serve_command(args: &[String]) -> Result<(), String> {
+    let variant = args
+        .first()
+        .and_then(|name| Variant::parse(name))
+        .ok_or_else(|| format!("serve needs a variant\n{USAGE}"))?;
+    serve::serve(variant, &redis_arg(args))
+}
+
+fn drive_command(args: &[String]) -> Result<(), String> {
+    let variant = args.first().and_then(|n| Variant::parse(n));
+    let scenario = args.get(1).and_then(|n| Scenario::parse(n));
+    let (Some(variant), Some(scenario)) = (variant, scenario) else {
+        return Err(format!("drive needs a variant and a scenario\n{USAGE}"));
+    };
+    let mut options = parse_options(&args[2..])?;
+    if !args.iter().any(|a| a == "--duration") {
+        options.duration = Duration::from_secs(10);
+    }
+    runtime()?.block_on(async {
+        let server = Server::start(variant, &options.redis_url)?;
+        let mut conns = server.connect(scenario, options.connections).await?;
+        println!("server pid {}", server.pid());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = server.stats().await?;
+        let result = load::run(&mut conns, scenario.path(), Limit::Time(options.duration)).await;
+        let delta = server.stats().await?.since(&before);
+        println!(
+            "{variant} {}: {:.0} req/s, p50 {} µs, p99 {} µs, errors {}, writes/req {:.4}",
+            scenario.name(),
+            result.rps(),
+            result.quantile(0.5),
+            result.quantile(0.99),
+            result.errors,
+            delta.writes() as f64 / result.requests.max(1) as f64,
+        );
+        server.cleanup().await;
+        Ok(())
+    })
+}
+
+/// The load generator's runtime: one thread, so the server gets the other core.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Progress, on standard error, with the time since the start.
+fn progress(start: Instant, message: std::fmt::Arguments<'_>) {
+    eprintln!("[{:>5.1}s] {message}", start.elapsed().as_secs_f64());
+}
+
+/// What a server's `/__stats` said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub loads: u64,
+    pub creates: u64,
+    pub saves: u64,
+    pub touches: u64,
+    pub deletes: u64,
+    pub bytes: u64,
+    pub sessions: u64,
+}
+
+impl StoreStats {
+    fn parse(text: &str) -> Self {
+        let mut stats = Self::default();
+        for pair in text.split_whitespace() {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let value = value.parse().unwrap_or(0);
+            match name {
+                "loads" => stats.loads = value,
+                "creates" => stats.creates = value,
+                "saves" => stats.saves = value,
+                "touches" => stats.touches = value,
+                "deletes" => stats.deletes = value,
+                "bytes" => stats.bytes = value,
+                "sessions" => stats.sessions = value,
+                _ => {}
+            }
+        }
+        stats
+    }
+
+    /// The counts since `earlier` (`sessions` stays as it is now).
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            loads: self.loads - earlier.loads,
+            creates: self.creates - earlier.creates,
+            saves: self.saves - earlier.saves,
+            touches: self.touches - earlier.touches,
+            deletes: self.deletes - earlier.deletes,
+            bytes: self.bytes - earlier.bytes,
+            sessions: self.sessions,
+        }
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.loads += other.loads;
+        self.creates += other.creates;
+        self.saves += other.saves;
+        self.touches += other.touches;
+        self.deletes += other.deletes;
+        self.bytes += other.bytes;
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.creates + self.saves + self.touches + self.deletes
+    }
+}
+
+/// One server child process.
+struct Server {
+    variant: Variant,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `session-bench serve VARIANT` and waits until it listens.
+    fn start(variant: Variant, redis_url: &str) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args(["serve", variant.name(), "--redis", redis_url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting the {variant} server: {e}"))?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = BufReader::new(stdout).read_line(&mut line);
+        }
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok());
+        match addr {
+            Some(addr) => Ok(Self {
+                variant,
+                child,
+                addr,
+            }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("the {variant} server did not start"))
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory, in bytes.
+    fn rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    async fn get(&self, path: &'static str, cookie: Option<&str>) -> Result<load::Answer, String> {
+        let answer = load::fetch(self.addr, path, cookie)
+            .await
+            .map_err(|e| format!("{} GET {path}: {e}", self.variant))?;
+        if answer.status != 200 {
+            return Err(format!(
+                "{} GET {path}: status {}: {}",
+                self.variant,
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            ));
+        }
+        Ok(answer)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, String> {
+        let answer = self.get("/__stats", None).await?;
+        Ok(StoreStats::parse(&String::from_utf8_lossy(&answer.body)))
+    }
+
+    async fn count_bytes(&self, on: bool) -> Result<(), String> {
+        self.get(if on { "/__bytes/on" } else { "/__bytes/off" }, None)
+            .await
+            .map(drop)
+    }
+
+    /// Deletes what the server wrote to Redis, and says so if that fails.
+    async fn cleanup(&self) {
+        if !self.variant.uses_redis() {
+            return;
+        }
+        match self.get("/__cleanup", None).await {
+            Ok(answer) => {
+                let text = String::from_utf8_lossy(&answer.body).into_owned();
+                if text.starts_with("error") {
+                    eprintln!("{}: Redis cleanup failed: {text}", self.variant);
+                }
+            }
+            Err(error) => eprintln!("{}: Redis cleanup failed: {error}", self.variant),
+        }
+    }
+
+    /// The scenario's connections: for returning visitors each with a session of its own,
+    /// made by one untimed request (and one more to fill the cart in the large-session
+    /// scenario).
+    async fn connect(&self, scenario: Scenario, n: usize) -> Result<Vec<Conn>, String> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let cookie = if scenario.returning() {
+                Some(self.new_session(scenario == Scenario::BigSession).await?)
+            } else {
+                None
+            };
+            let conn = Conn::open(self.addr, cookie.as_deref())
+                .await
+                .map_err(|e| format!("{}: connecting: {e}", self.variant))?;
+            conns.push(conn);
+        }
+        Ok(conns)
+    }
+
+    /// A cookie naming a new session (with the large cart if `big`). Bare axum gets a cookie
+    /// of the same size, which it ignores, so that every variant parses the same requests.
+    async fn new_session(&self, big: bool) -> Result<String, String> {
+        if self.variant.cookie_name().is_none() {
+            return Ok(format!("sid={}", "x".repeat(76)));
+        }
+        let answer = self.get("/", None).await?;
+        let cookie = answer
+            .set_cookie
+            .ok_or_else(|| format!("{}: no session cookie from GET /", self.variant))?;
+        if big {
+            self.get("/__bigcart", Some(&cookie)).await?;
+        }
+        Ok(cookie)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether something accepts TCP connections where `url` (`redis://[user@]host:port[/db]`)
+/// points.
+async fn reachable(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:6379")
+    };
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(host_port)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+async fn redis_version(url: &str) -> Option<String> {
+    let client = redis::Client::open(url).ok()?;
+    let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut connection)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| v.trim().to_owned())
+}
+
+fn bench(options: &Options) -> Result<(), String> {
+    let start = Instant::now();
+    runtime()?.block_on(async {
+        let mut notes = Vec::new();
+        let mut redis_version_text = None;
+        let mut use_redis = options.redis;
+        if use_redis {
+            if reachable(&options.redis_url).await {
+                redis_version_text = redis_version(&options.redis_url).await;
+                // Leftovers of an interrupted run.
+                let _ = serve::delete_prefix(&options.redis_url, serve::OURS_REDIS_PREFIX).await;
+            } else {
+                use_redis = false;
+                notes.push(format!(
+                    "Redis variants skipped: nothing answers at {}.",
+                    options.redis_url
+                ));
+            }
+        } else {
+            notes.push("Redis variants skipped (--no-redis).".to_owned());
+        }
+
+        let mut cells: HashMap<(Scenario, Variant), Cell> = HashMap::new();
+        for &scenario in &options.scenarios {
+            let variants: Vec<Variant> = scenario
+                .variants()
+                .into_iter()
+                .filter(|v| use_redis || !v.uses_redis())
+                .collect();
+            progress(start, format_args!("scenario {}: starting {} servers", scenario.name(), variants.len()));
+            let mut servers = Vec::new();
+            for &variant in &variants {
+                let server = Server::start(variant, &options.redis_url)?;
+                let conns = server.connect(scenario, options.connections).await?;
+                servers.push((server, conns));
+            }
+            for round in 0..options.rounds {
+                for (server, conns) in &mut servers {
+                    let path = scenario.path();
+                    if !options.warmup.is_zero() {
+                        load::run(conns, path, Limit::Time(options.warmup)).await;
+                    }
+                    let before = server.stats().await?;
+                    let result = load::run(conns, path, Limit::Time(options.duration)).await;
+                    let delta = server.stats().await?.since(&before);
+                    progress(
+                        start,
+                        format_args!(
+                            "{} round {}/{}: {:<12} {:>8.0} req/s  p50 {:>5} µs  p99 {:>6} µs  writes/req {:.3}{}",
+                            scenario.name(),
+                            round + 1,
+                            options.rounds,
+                            server.variant.name(),
+                            result.rps(),
+                            result.quantile(0.5),
+                            result.quantile(0.99),
+                            delta.writes() as f64 / result.requests.max(1) as f64,
+                            if result.errors > 0 { format!("  ERRORS {}", result.errors) } else { String::new() },
+                        ),
+                    );
+                    check_run(server.variant, scenario, &result, options.connections, &mut notes);
+                    cells
+                        .entry((scenario, server.variant))
+                        .or_default()
+                        .push(&result, &delta);
+                }
+            }
+            // Bytes written per request: a short untimed run with byte counting on.
+            for (server, conns) in &mut servers {
+                server.count_bytes(true).await?;
+                let before = server.stats().await?;
+                let result = load::run(conns, scenario.path(), Limit::Requests(options.accounting)).await;
+                let delta = server.stats().await?.since(&before);
+                server.count_bytes(false).await?;
+                if let Some(cell) = cells.get_mut(&(scenario, server.variant)) {
+                    cell.bytes_per_request = Some(delta.bytes as f64 / result.requests.max(1) as f64);
+                }
+            }
+            for (server, conns) in servers {
+                drop(conns);
+                server.cleanup().await;
+            }
+        }
+
+        let mut memory = Vec::new();
+        if options.memory {
+            for variant in [Variant::TowerMem, Variant::OursMem] {
+                progress(start, format_args!("memory: {} sessions in {variant}", options.sessions));
+                memory.push(measure_memory(variant, options).await?);
+            }
+        }
+
+        let report = Report {
+            options: options.clone(),
+            cells,
+            memory,
+            notes,
+            redis_version: redis_version_text,
+            elapsed: start.elapsed(),
+        };
+        progress(start, format_args!("done"));
+        let text = report.render();
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+        stdout.flush().map_err(|e| e.to_string())
+    })
+}
+
+/// Notes a run that did not do what the scenario means, so that the report says so.
+fn check_run(variant: Variant, scenario: Scenario, result: &RunResult, connections: usize, notes: &mut Vec<String>) {
+    if result.errors > 0 {
+        notes.push(format!(
+            "{} / {variant}: {} failed requests in one run.",
+            scenario.name(),
+            result.errors
+        ));
+    }
+    if result.requests == 0 {
+        notes.push(format!("{} / {variant}: a run completed no request.", scenario.name()));
+    }
+    if scenario == Scenario::NewVisitor
+        && variant != Variant::Bare
+        && result.set_cookies + (connections as u64) < result.requests
+    {
+        notes.push(format!(
+            "{} / {variant}: only {} of {} new-visitor responses set a cookie.",
+            scenario.name(),
+            result.set_cookies,
+            result.requests
+        ));
+    }
+}
+
+/// VmRSS of a fresh server before and after creating `options.sessions` sessions through HTTP.
+async fn measure_memory(variant: Variant, options: &Options) -> Result<MemoryResult, String> {
+    let server = Server::start(variant, &options.redis_url)?;
+    let mut conns = server.connect(Scenario::NewVisitor, options.connections).await?;
+    // Warm up the HTTP path (buffers, thread caches) without creating sessions.
+    load::run(&mut conns, "/lazy", Limit::Requests(options.sessions.min(20_000))).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = server.rss().unwrap_or(0);
+    let result = load::run(&mut conns, "/", Limit::Requests(options.sessions)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = server.rss().unwrap_or(0);
+    let stats = server.stats().await?;
+    Ok(MemoryResult {
+        variant,
+        requests: result.requests,
+        stored: stats.sessions,
+        rss_before: before,
+        rss_after: after,
+    })
+}

@@ -1,0 +1,467 @@
+//! Medians, ratios and the Markdown report.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::load::RunResult;
+use crate::variant::{Scenario, Variant};
+use crate::{Options, StoreStats};
+
+/// Everything measured for one variant in one scenario.
+#[derive(Debug, Default)]
+pub struct Cell {
+    /// One entry per round.
+    pub rps: Vec<f64>,
+    pub p50: Vec<u32>,
+    pub p99: Vec<u32>,
+    pub requests: u64,
+    pub errors: u64,
+    /// Store calls summed over the timed runs.
+    pub totals: StoreStats,
+    /// From the untimed byte-counting run.
+    pub bytes_per_request: Option<f64>,
+}
+
+impl Cell {
+    pub fn push(&mut self, result: &RunResult, delta: &StoreStats) {
+        self.rps.push(result.rps());
+        self.p50.push(result.quantile(0.5));
+        self.p99.push(result.quantile(0.99));
+        self.requests += result.requests;
+        self.errors += result.errors;
+        self.totals.add(delta);
+    }
+
+    pub fn median_rps(&self) -> f64 {
+        median(self.rps.clone())
+    }
+
+    pub fn median_p50(&self) -> f64 {
+        median(self.p50.iter().map(|&v| f64::from(v)).collect())
+    }
+
+    pub fn median_p99(&self) -> f64 {
+        median(self.p99.iter().map(|&v| f64::from(v)).collect())
+    }
+
+    fn per_request(&self, count: u64) -> f64 {
+        count as f64 / self.requests.max(1) as f64
+    }
+
+    pub fn writes_per_request(&self) -> f64 {
+        self.per_request(self.totals.writes())
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 when empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// The median over rounds of `a[i] / b[i]`: both were measured in the same round, moments
+/// apart, so noise that hits both cancels out.
+fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
+    (!ratios.is_empty()).then(|| median(ratios))
+}
+
+fn as_f64(values: &[u32]) -> Vec<f64> {
+    values.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// Resident memory before and after creating sessions in a fresh server.
+#[derive(Debug)]
+pub struct MemoryResult {
+    pub variant: Variant,
+    /// New-visitor requests answered.
+    pub requests: u64,
+    /// Sessions the store holds afterwards.
+    pub stored: u64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+}
+
+impl MemoryResult {
+    pub fn per_session(&self) -> f64 {
+        self.rss_after.saturating_sub(self.rss_before) as f64 / self.stored.max(1) as f64
+    }
+}
+
+pub struct Report {
+    pub options: Options,
+    pub cells: HashMap<(Scenario, Variant), Cell>,
+    pub memory: Vec<MemoryResult>,
+    pub notes: Vec<String>,
+    pub redis_version: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// One target of the issue: what it compares, the measured value, and whether it holds.
+struct Target {
+    what: &'static str,
+    goal: &'static str,
+    measured: Option<String>,
+    holds: Option<bool>,
+}
+
+fn ratio_text(r: f64) -> String {
+    format!("{r:.2}×")
+}
+
+/// A ratio of byte counts: `1/N` below one, which reads better for tiny ratios.
+fn bytes_ratio_text(r: f64) -> String {
+    if r > 0.0 && r < 1.0 {
+        format!("1/{:.0}", 1.0 / r)
+    } else {
+        ratio_text(r)
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+impl Report {
+    fn cell(&self, scenario: Scenario, variant: Variant) -> Option<&Cell> {
+        self.cells.get(&(scenario, variant))
+    }
+
+    fn rps_ratio(&self, scenario: Scenario, a: Variant, b: Variant) -> Option<f64> {
+        paired_ratio(&self.cell(scenario, a)?.rps, &self.cell(scenario, b)?.rps)
+    }
+
+    fn bytes_ratio(&self, scenario: Scenario, a: Variant, b: Variant) -> Option<f64> {
+        let a = self.cell(scenario, a)?.bytes_per_request?;
+        let b = self.cell(scenario, b)?.bytes_per_request?;
+        (b > 0.0).then(|| a / b)
+    }
+
+    fn memory_of(&self, variant: Variant) -> Option<&MemoryResult> {
+        self.memory.iter().find(|m| m.variant == variant)
+    }
+
+    fn memory_ratio(&self) -> Option<f64> {
+        let ours = self.memory_of(Variant::OursMem)?.per_session();
+        let tower = self.memory_of(Variant::TowerMem)?.per_session();
+        (tower > 0.0).then(|| ours / tower)
+    }
+
+    /// The whole report, Markdown, ending with the summary line.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.render_header(&mut out);
+        for scenario in Scenario::ALL {
+            self.render_scenario(&mut out, scenario);
+        }
+        self.render_memory(&mut out);
+        self.render_targets(&mut out);
+        if !self.notes.is_empty() {
+            let _ = writeln!(out, "### Notes\n");
+            for note in &self.notes {
+                let _ = writeln!(out, "- {note}");
+            }
+            let _ = writeln!(out);
+        }
+        let _ = writeln!(out, "{}", self.summary());
+        out
+    }
+
+    fn render_header(&self, out: &mut String) {
+        let o = &self.options;
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let command = if args.is_empty() {
+            "cargo run --release -p session-bench".to_owned()
+        } else {
+            format!("cargo run --release -p session-bench -- {}", args.join(" "))
+        };
+        let _ = writeln!(out, "## session-bench results{}\n", if o.smoke { " (smoke mode: numbers are not meaningful)" } else { "" });
+        let _ = writeln!(out, "- Command: `{command}` (finished in {:.0} s)", self.elapsed.as_secs_f64());
+        let _ = writeln!(out, "- Machine: {}", machine(self.redis_version.as_deref()));
+        let _ = writeln!(
+            out,
+            "- Method: {} keep-alive HTTP/1.1 connections over loopback from a one-thread hyper client; \
+             per scenario, {} round(s) of {:.1} s per variant (after {:.1} s warm-up), variants alternated; \
+             req/s, p50 and p99 are medians over rounds, ratios are medians of the ratios within each round; \
+             server = child process on a multi-thread Tokio runtime.",
+            o.connections,
+            o.rounds,
+            o.duration.as_secs_f64(),
+            o.warmup.as_secs_f64(),
+        );
+        let _ = writeln!(
+            out,
+            "- Peers: tower-sessions 0.14 (MemoryStore; tower-sessions-redis-store 0.16 on a fred pool of 6, as its example), \
+             session-core from this workspace (MemoryStore; RedisStore), both with default options; bare axum 0.8. \
+             Bytes written: tower-sessions = MessagePack record as its Redis store encodes it; \
+             session-core = names + values of the fields written + 16 B of timestamps.\n"
+        );
+    }
+
+    fn render_scenario(&self, out: &mut String, scenario: Scenario) {
+        let variants: Vec<Variant> = scenario
+            .variants()
+            .into_iter()
+            .filter(|v| self.cell(scenario, *v).is_some())
+            .collect();
+        if variants.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "### {}\n", scenario.title());
+        let _ = writeln!(
+            out,
+            "| variant | req/s | vs tower-sessions | vs bare axum | p50 µs | p99 µs | store writes/req | bytes written/req |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        for variant in variants {
+            let Some(cell) = self.cell(scenario, variant) else {
+                continue;
+            };
+            let peer = variant.peer().and_then(|p| self.cell(scenario, p).map(|c| (p, c)));
+            let vs_peer = peer
+                .and_then(|(p, _)| self.rps_ratio(scenario, variant, p))
+                .map_or_else(String::new, ratio_text);
+            let vs_bare = if variant == Variant::Bare {
+                String::new()
+            } else {
+                self.rps_ratio(scenario, variant, Variant::Bare)
+                    .map_or_else(String::new, ratio_text)
+            };
+            let with_peer_ratio = |value: f64, ratio: Option<f64>| match ratio {
+                Some(r) => format!("{value:.0} ({})", ratio_text(r)),
+                None => format!("{value:.0}"),
+            };
+            let p50 = with_peer_ratio(
+                cell.median_p50(),
+                peer.and_then(|(_, p)| paired_ratio(&as_f64(&cell.p50), &as_f64(&p.p50))),
+            );
+            let p99 = with_peer_ratio(
+                cell.median_p99(),
+                peer.and_then(|(_, p)| paired_ratio(&as_f64(&cell.p99), &as_f64(&p.p99))),
+            );
+            let writes = if variant == Variant::Bare {
+                "–".to_owned()
+            } else {
+                let mut text = format!("{:.3}", cell.writes_per_request());
+                if let Some((_, p)) = peer {
+                    let theirs = p.writes_per_request();
+                    if theirs > 0.0 {
+                        let _ = write!(text, " ({})", ratio_text(cell.writes_per_request() / theirs));
+                    }
+                }
+                text
+            };
+            let bytes = match (variant, cell.bytes_per_request) {
+                (Variant::Bare, _) | (_, None) => "–".to_owned(),
+                (_, Some(b)) => match peer.and_then(|(p, _)| self.bytes_ratio(scenario, variant, p)) {
+                    Some(r) => format!("{b:.0} ({})", bytes_ratio_text(r)),
+                    None => format!("{b:.0}"),
+                },
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {vs_peer} | {vs_bare} | {p50} | {p99} | {writes} | {bytes} |",
+                variant.label(),
+                cell.median_rps(),
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    fn render_memory(&self, out: &mut String) {
+        if self.memory.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "### Memory per stored session (memory stores, {} new-visitor requests into a fresh server)\n",
+            self.options.sessions
+        );
+        let _ = writeln!(out, "| variant | sessions stored | RSS before MiB | RSS after MiB | bytes per session | vs tower-sessions |");
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|");
+        for m in &self.memory {
+            let vs = match m.variant {
+                Variant::OursMem => self.memory_ratio().map_or_else(String::new, ratio_text),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} of {} | {} | {} | {:.0} | {vs} |",
+                m.variant.label(),
+                m.stored,
+                m.requests,
+                mib(m.rss_before),
+                mib(m.rss_after),
+                m.per_session(),
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let at_least = |r: Option<f64>, goal: f64| (r.map(ratio_text), r.map(|r| r >= goal));
+        let mut targets = Vec::new();
+
+        let (measured, holds) = at_least(
+            self.rps_ratio(Scenario::Counter, Variant::OursMem, Variant::TowerMem),
+            2.0,
+        );
+        targets.push(Target {
+            what: "counter, memory store: req/s vs tower-sessions",
+            goal: "≥ 2.0×",
+            measured,
+            holds,
+        });
+        let (measured, holds) = at_least(
+            self.rps_ratio(Scenario::Counter, Variant::OursMem, Variant::Bare),
+            0.8,
+        );
+        targets.push(Target {
+            what: "counter, memory store: req/s vs bare axum",
+            goal: "≥ 0.8×",
+            measured,
+            holds,
+        });
+        let (measured, holds) = at_least(
+            self.rps_ratio(Scenario::Lazy, Variant::OursMem, Variant::Bare),
+            0.95,
+        );
+        targets.push(Target {
+            what: "lazy path: req/s vs bare axum",
+            goal: "≥ 0.95×",
+            measured,
+            holds,
+        });
+        for variant in [Variant::OursMem, Variant::OursRedis] {
+            if let Some(cell) = self.cell(Scenario::ReadOnly, variant) {
+                let t = &cell.totals;
+                let writes = t.writes();
+                targets.push(Target {
+                    what: if variant == Variant::OursMem {
+                        "read-only returning visitor, memory: store writes/req"
+                    } else {
+                        "read-only returning visitor, Redis: store writes/req"
+                    },
+                    goal: "0 (resave off)",
+                    measured: Some(format!(
+                        "{:.4} ({} saves + {} creates + {} touches in {} requests)",
+                        cell.writes_per_request(),
+                        t.saves,
+                        t.creates,
+                        t.touches,
+                        cell.requests
+                    )),
+                    holds: Some(writes == 0),
+                });
+            }
+        }
+        for (variant, peer, what) in [
+            (Variant::OursMem, Variant::TowerMem, "large session, memory: bytes written/req vs tower-sessions"),
+            (Variant::OursRedis, Variant::TowerRedis, "large session, Redis: bytes written/req vs tower-sessions"),
+        ] {
+            if let Some(r) = self.bytes_ratio(Scenario::BigSession, variant, peer) {
+                targets.push(Target {
+                    what,
+                    goal: "≤ 1/50",
+                    measured: Some(bytes_ratio_text(r)),
+                    holds: Some(r <= 1.0 / 50.0),
+                });
+            }
+        }
+        let r = self.memory_ratio();
+        targets.push(Target {
+            what: "memory per stored session vs tower-sessions",
+            goal: "≤ 1.0×",
+            measured: r.map(|r| {
+                let ours = self.memory_of(Variant::OursMem).map_or(0.0, MemoryResult::per_session);
+                let tower = self.memory_of(Variant::TowerMem).map_or(0.0, MemoryResult::per_session);
+                format!("{} ({ours:.0} B vs {tower:.0} B)", ratio_text(r))
+            }),
+            holds: r.map(|r| r <= 1.0),
+        });
+        targets
+    }
+
+    fn render_targets(&self, out: &mut String) {
+        let _ = writeln!(out, "### Targets\n");
+        let _ = writeln!(out, "| target | goal | measured | holds |");
+        let _ = writeln!(out, "|---|---|---|---|");
+        for t in self.targets() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                t.what,
+                t.goal,
+                t.measured.as_deref().unwrap_or("not measured"),
+                match t.holds {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "–",
+                }
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    /// `summary: counter_vs_tower=R1 counter_vs_bare=R2 lazy_vs_bare=R3 bigsession_bytes_vs_tower=R4`
+    pub fn summary(&self) -> String {
+        let fmt = |r: Option<f64>, digits: usize| r.map_or_else(|| "NA".to_owned(), |r| format!("{r:.digits$}"));
+        format!(
+            "summary: counter_vs_tower={} counter_vs_bare={} lazy_vs_bare={} bigsession_bytes_vs_tower={}",
+            fmt(self.rps_ratio(Scenario::Counter, Variant::OursMem, Variant::TowerMem), 2),
+            fmt(self.rps_ratio(Scenario::Counter, Variant::OursMem, Variant::Bare), 2),
+            fmt(self.rps_ratio(Scenario::Lazy, Variant::OursMem, Variant::Bare), 2),
+            fmt(self.bytes_ratio(Scenario::BigSession, Variant::OursMem, Variant::TowerMem), 6),
+        )
+    }
+}
+
+/// Cores, CPU, memory, kernel, rustc and Redis, as far as they can be found.
+fn machine(redis_version: Option<&str>) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, v)| v.trim())
+        .to_owned();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_owned();
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.0} GiB RAM", kib / (1024.0 * 1024.0)))
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| format!("Linux {}", k.trim()))
+        .unwrap_or_default();
+    let rustc = std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()))
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "rustc unknown".to_owned());
+    let mut parts = vec![format!("{cores} cores ({cpu})"), memory, kernel, rustc];
+    if let Some(version) = redis_version {
+        parts.push(format!("Redis {version}"));
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.join(", ")
+}

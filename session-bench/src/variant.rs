@@ -1,0 +1,158 @@
+//! What is measured: the server variants and the scenarios.
+
+use std::fmt;
+
+/// One server: a session implementation with one store, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// Bare axum: the same handlers without sessions.
+    Bare,
+    /// tower-sessions with its memory store.
+    TowerMem,
+    /// tower-sessions with tower-sessions-redis-store.
+    TowerRedis,
+    /// session-core with its memory store.
+    OursMem,
+    /// session-core with its Redis store.
+    OursRedis,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 5] = [
+        Variant::Bare,
+        Variant::TowerMem,
+        Variant::OursMem,
+        Variant::TowerRedis,
+        Variant::OursRedis,
+    ];
+
+    /// The name on the command line (`session-bench serve NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Bare => "bare",
+            Variant::TowerMem => "tower-mem",
+            Variant::TowerRedis => "tower-redis",
+            Variant::OursMem => "ours-mem",
+            Variant::OursRedis => "ours-redis",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == name)
+    }
+
+    /// The name in the tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Bare => "bare axum (no sessions)",
+            Variant::TowerMem => "tower-sessions, memory",
+            Variant::TowerRedis => "tower-sessions, Redis",
+            Variant::OursMem => "session-core, memory",
+            Variant::OursRedis => "session-core, Redis",
+        }
+    }
+
+    pub fn uses_redis(self) -> bool {
+        matches!(self, Variant::TowerRedis | Variant::OursRedis)
+    }
+
+    /// The variant this one is compared with: tower-sessions on the same store for ours.
+    pub fn peer(self) -> Option<Variant> {
+        match self {
+            Variant::OursMem => Some(Variant::TowerMem),
+            Variant::OursRedis => Some(Variant::TowerRedis),
+            _ => None,
+        }
+    }
+
+    /// The session cookie's name, if the variant has sessions.
+    pub fn cookie_name(self) -> Option<&'static str> {
+        match self {
+            Variant::Bare => None,
+            Variant::TowerMem | Variant::TowerRedis => Some("id"),
+            Variant::OursMem | Variant::OursRedis => Some("sid"),
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One request pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// A returning visitor on a route whose handler never takes the session.
+    Lazy,
+    /// A new visitor (no cookie) on `/`: a session is created and saved.
+    NewVisitor,
+    /// A returning visitor on `/peek`: read only.
+    ReadOnly,
+    /// A returning visitor on `/`: the counter goes up.
+    Counter,
+    /// A returning visitor with a 64 KB cart on `/`: only `views` changes.
+    BigSession,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Lazy,
+        Scenario::NewVisitor,
+        Scenario::ReadOnly,
+        Scenario::Counter,
+        Scenario::BigSession,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Lazy => "lazy",
+            Scenario::NewVisitor => "new",
+            Scenario::ReadOnly => "peek",
+            Scenario::Counter => "counter",
+            Scenario::BigSession => "big",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Scenario::Lazy => "1. Lazy path: the handler never touches the session (`GET /lazy`, returning visitor)",
+            Scenario::NewVisitor => "2. New visitor: session created and saved (`GET /`, no cookie)",
+            Scenario::ReadOnly => "3. Returning visitor, read only (`GET /peek`)",
+            Scenario::Counter => "4. Returning visitor, counter increment (`GET /`)",
+            Scenario::BigSession => "5. Returning visitor with a 64 KB `cart`, changing only `views` (`GET /`)",
+        }
+    }
+
+    /// The measured request's path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Scenario::Lazy => "/lazy",
+            Scenario::NewVisitor | Scenario::Counter | Scenario::BigSession => "/",
+            Scenario::ReadOnly => "/peek",
+        }
+    }
+
+    /// Whether each connection gets a session of its own before the run.
+    pub fn returning(self) -> bool {
+        self != Scenario::NewVisitor
+    }
+
+    /// The variants this scenario runs. Redis adds nothing to the lazy path (no store call
+    /// is made), and bare axum has no session to make large.
+    pub fn variants(self) -> Vec<Variant> {
+        Variant::ALL
+            .into_iter()
+            .filter(|v| match self {
+                Scenario::Lazy => !v.uses_redis(),
+                Scenario::BigSession => *v != Variant::Bare,
+                _ => true,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,139 @@
+//! Concurrent requests on one session: different fields never lose a change; with the
+//! per-session lock, neither does the same field.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use common::{get as get_req, send, Client};
+use session_core::store::MemoryStore;
+use session_core::{Session, SessionLayer, Store};
+
+#[derive(Session)]
+struct Cart {
+    items: Vec<u32>,
+}
+
+fn cart_app(store: Arc<dyn Store>, lock: Option<Duration>) -> Router {
+    let mut layer = SessionLayer::from_arc(store, common::key());
+    if let Some(wait) = lock {
+        layer = layer.with_session_lock(wait);
+    }
+    Router::new()
+        .route(
+            "/add",
+            get(|mut cart: Session<Cart>| async move {
+                // Overlap with the other requests between load and save.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let next = cart.items().len() as u32;
+                cart.items_mut().push(next);
+                "ok"
+            }),
+        )
+        .route(
+            "/count",
+            get(|cart: Session<Cart>| async move { cart.items().len().to_string() }),
+        )
+        .route(
+            "/hold",
+            get(|mut cart: Session<Cart>| async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                cart.items_mut().push(0);
+                "held"
+            }),
+        )
+        .layer(layer)
+}
+
+/// Sends `n` concurrent `/add` requests with `cookie`; returns how many items are stored.
+async fn concurrent_appends(app: &Router, cookie: &str, n: usize) -> usize {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let app = app.clone();
+            let cookie = cookie.to_owned();
+            tokio::spawn(async move { send(&app, get_req("/add", Some(&cookie))).await })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    send(app, get_req("/count", Some(cookie))).await.body.parse().unwrap()
+}
+
+async fn session_with_one_item(app: &Router) -> String {
+    let mut client = Client::new(app.clone());
+    client.get("/add").await;
+    client.cookie.clone().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_requests_on_different_fields_lose_nothing() {
+    common::wide::hundred_fields_concurrently(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_lock_same_field_appends_overwrite_each_other() {
+    // The behaviour the lock exists for: last writer of one field wins.
+    let app = cart_app(Arc::new(MemoryStore::new()), None);
+    let cookie = session_with_one_item(&app).await;
+    let stored = concurrent_appends(&app, &cookie, 20).await;
+    assert!(stored < 21, "{stored} items: some appends must have been overwritten");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_lock_hundred_concurrent_appends_leave_exactly_hundred_items() {
+    let app = cart_app(Arc::new(MemoryStore::new()), Some(Duration::from_secs(10)));
+    let cookie = session_with_one_item(&app).await;
+    assert_eq!(concurrent_appends(&app, &cookie, 100).await, 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_wait_that_runs_out_gives_the_error_status() {
+    let store = Arc::new(MemoryStore::new());
+    let app = cart_app(store, Some(Duration::from_millis(50)));
+    let cookie = session_with_one_item(&app).await;
+    let holder = {
+        let app = app.clone();
+        let cookie = cookie.clone();
+        tokio::spawn(async move { send(&app, get_req("/hold", Some(&cookie))).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let blocked = send(&app, get_req("/count", Some(&cookie))).await;
+    assert_eq!(blocked.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(holder.await.unwrap().status, StatusCode::OK);
+    // Released after the holder's save: the next request goes through.
+    assert_eq!(send(&app, get_req("/count", Some(&cookie))).await.body, "2");
+}
+
+#[test]
+fn lock_on_a_store_without_locks_is_a_configuration_error() {
+    struct NoLocks(MemoryStore);
+    #[async_trait::async_trait]
+    impl Store for NoLocks {
+        async fn load(&self, key: &session_core::StoreKey) -> Result<Option<session_core::Record>, session_core::StoreError> {
+            self.0.load(key).await
+        }
+        async fn create(&self, key: &session_core::StoreKey, record: &session_core::Record) -> Result<bool, session_core::StoreError> {
+            self.0.create(key, record).await
+        }
+        async fn save(&self, key: &session_core::StoreKey, record: &session_core::Record, mode: session_core::SaveMode) -> Result<(), session_core::StoreError> {
+            self.0.save(key, record, mode).await
+        }
+        async fn touch(&self, key: &session_core::StoreKey, at: session_core::Timestamp) -> Result<(), session_core::StoreError> {
+            self.0.touch(key, at).await
+        }
+        async fn delete(&self, key: &session_core::StoreKey) -> Result<(), session_core::StoreError> {
+            self.0.delete(key).await
+        }
+    }
+    let error = SessionLayer::new(NoLocks(MemoryStore::new()), common::key())
+        .with_session_lock(Duration::from_secs(1))
+        .check()
+        .unwrap_err();
+    assert!(error.to_string().contains("per-session locks"), "{error}");
+}
