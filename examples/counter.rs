@@ -32,8 +32,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
     let key = match std::env::var("SESSION_SECRET") {
-        Ok(secret) => Key::from_bytes(secret.as_bytes())
-            .map_err(|e| format!("SESSION_SECRET: {e}"))?,
+        Ok(secret) => {
+            Key::from_bytes(secret.as_bytes()).map_err(|e| format!("SESSION_SECRET: {e}"))?
+        }
         Err(_) => {
             tracing::warn!(
                 "SESSION_SECRET is not set: signing with a random key, so sessions end when the process exits"

@@ -67,15 +67,19 @@ pub async fn store_from_spec(spec: &str) -> Result<Arc<dyn Store>, String> {
     match spec {
         "" | "memory" => Ok(Arc::new(MemoryStore::new())),
         #[cfg(feature = "file")]
-        _ if spec.starts_with("file:") => {
-            opened(spec, session_core::store::FileStore::open(&spec["file:".len()..]).await)
-        }
+        _ if spec.starts_with("file:") => opened(
+            spec,
+            session_core::store::FileStore::open(&spec["file:".len()..]).await,
+        ),
         #[cfg(feature = "sqlite")]
-        _ if spec.starts_with("sqlite:") => opened(spec, session_core::store::SqliteStore::connect(spec).await),
-        #[cfg(feature = "postgres")]
-        _ if spec.starts_with("postgres://") || spec.starts_with("postgresql://") => {
-            opened(spec, session_core::store::PostgresStore::connect(spec).await)
+        _ if spec.starts_with("sqlite:") => {
+            opened(spec, session_core::store::SqliteStore::connect(spec).await)
         }
+        #[cfg(feature = "postgres")]
+        _ if spec.starts_with("postgres://") || spec.starts_with("postgresql://") => opened(
+            spec,
+            session_core::store::PostgresStore::connect(spec).await,
+        ),
         #[cfg(feature = "mysql")]
         _ if spec.starts_with("mysql://") || spec.starts_with("mariadb://") => {
             opened(spec, session_core::store::MySqlStore::connect(spec).await)
@@ -85,11 +89,15 @@ pub async fn store_from_spec(spec: &str) -> Result<Arc<dyn Store>, String> {
             opened(spec, session_core::store::RedisStore::connect(spec).await)
         }
         #[cfg(feature = "redis")]
-        _ if spec.starts_with("redis+cluster://") => {
-            opened(spec, session_core::store::RedisStore::connect_cluster(spec).await)
-        }
+        _ if spec.starts_with("redis+cluster://") => opened(
+            spec,
+            session_core::store::RedisStore::connect_cluster(spec).await,
+        ),
         #[cfg(feature = "memcached")]
-        _ if spec.starts_with("memcache://") => opened(spec, session_core::store::MemcachedStore::connect(spec).await),
+        _ if spec.starts_with("memcache://") => opened(
+            spec,
+            session_core::store::MemcachedStore::connect(spec).await,
+        ),
         other => Err(format!(
             "unknown SESSION_STORE {other:?}; this build knows: {}",
             KNOWN_STORES.join(", ")
@@ -219,7 +227,11 @@ struct CartForm {
 async fn add_to_cart(mut visit: Session<Visit>, Form(form): Form<CartForm>) -> Response {
     let item = form.item.trim();
     if item.is_empty() || item.contains('\n') {
-        return (StatusCode::UNPROCESSABLE_ENTITY, "item must be one non-empty line").into_response();
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "item must be one non-empty line",
+        )
+            .into_response();
     }
     visit.cart_mut().push(item.to_owned());
     Redirect::to("/cart").into_response()

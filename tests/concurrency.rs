@@ -62,7 +62,11 @@ async fn concurrent_appends(app: &Router, cookie: &str, n: usize) -> usize {
         let reply = task.await.unwrap();
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
-    send(app, get_req("/count", Some(cookie))).await.body.parse().unwrap()
+    send(app, get_req("/count", Some(cookie)))
+        .await
+        .body
+        .parse()
+        .unwrap()
 }
 
 async fn session_with_one_item(app: &Router) -> String {
@@ -82,7 +86,10 @@ async fn without_the_lock_same_field_appends_overwrite_each_other() {
     let app = cart_app(Arc::new(MemoryStore::new()), None);
     let cookie = session_with_one_item(&app).await;
     let stored = concurrent_appends(&app, &cookie, 20).await;
-    assert!(stored < 21, "{stored} items: some appends must have been overwritten");
+    assert!(
+        stored < 21,
+        "{stored} items: some appends must have been overwritten"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,19 +122,38 @@ fn lock_on_a_store_without_locks_is_a_configuration_error() {
     struct NoLocks(MemoryStore);
     #[async_trait::async_trait]
     impl Store for NoLocks {
-        async fn load(&self, key: &session_core::StoreKey) -> Result<Option<session_core::Record>, session_core::StoreError> {
+        async fn load(
+            &self,
+            key: &session_core::StoreKey,
+        ) -> Result<Option<session_core::Record>, session_core::StoreError> {
             self.0.load(key).await
         }
-        async fn create(&self, key: &session_core::StoreKey, record: &session_core::Record) -> Result<bool, session_core::StoreError> {
+        async fn create(
+            &self,
+            key: &session_core::StoreKey,
+            record: &session_core::Record,
+        ) -> Result<bool, session_core::StoreError> {
             self.0.create(key, record).await
         }
-        async fn save(&self, key: &session_core::StoreKey, record: &session_core::Record, mode: session_core::SaveMode) -> Result<(), session_core::StoreError> {
+        async fn save(
+            &self,
+            key: &session_core::StoreKey,
+            record: &session_core::Record,
+            mode: session_core::SaveMode,
+        ) -> Result<(), session_core::StoreError> {
             self.0.save(key, record, mode).await
         }
-        async fn touch(&self, key: &session_core::StoreKey, at: session_core::Timestamp) -> Result<(), session_core::StoreError> {
+        async fn touch(
+            &self,
+            key: &session_core::StoreKey,
+            at: session_core::Timestamp,
+        ) -> Result<(), session_core::StoreError> {
             self.0.touch(key, at).await
         }
-        async fn delete(&self, key: &session_core::StoreKey) -> Result<(), session_core::StoreError> {
+        async fn delete(
+            &self,
+            key: &session_core::StoreKey,
+        ) -> Result<(), session_core::StoreError> {
             self.0.delete(key).await
         }
     }

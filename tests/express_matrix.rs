@@ -26,7 +26,13 @@ async fn write(mut visit: Session<Visit>) -> String {
     format!("views: {}", visit.views())
 }
 
-fn app(store: &RecordingStore, resave: bool, save_uninit: bool, rolling: bool, max_age: bool) -> Router {
+fn app(
+    store: &RecordingStore,
+    resave: bool,
+    save_uninit: bool,
+    rolling: bool,
+    max_age: bool,
+) -> Router {
     let mut layer = SessionLayer::new(store.clone(), common::key())
         .with_resave(resave)
         .with_save_uninitialized(save_uninit)
@@ -42,11 +48,18 @@ fn app(store: &RecordingStore, resave: bool, save_uninit: bool, rolling: bool, m
 }
 
 /// Runs one cell; returns whether `Set-Cookie` was sent and the store calls made.
-async fn cell(app: &Router, store: &RecordingStore, existing: bool, modify: bool) -> (bool, Vec<&'static str>) {
+async fn cell(
+    app: &Router,
+    store: &RecordingStore,
+    existing: bool,
+    modify: bool,
+) -> (bool, Vec<&'static str>) {
     let cookie = if existing {
         // A separate request creates the session this cell starts from.
         let setup = send(app, common::get("/write", None)).await;
-        let pair = setup.cookie_pair("sid").expect("setup request got no cookie");
+        let pair = setup
+            .cookie_pair("sid")
+            .expect("setup request got no cookie");
         store.clear();
         Some(pair)
     } else {
@@ -85,42 +98,110 @@ const GET_SET: &[&str] = &["load", "save"];
 
 #[tokio::test]
 async fn row_resave_f_uninit_f_rolling_f() {
-    row(false, false, false, [(false, NONE), (true, SET), (false, GET_TOUCH), (true, GET_SET)]).await;
+    row(
+        false,
+        false,
+        false,
+        [
+            (false, NONE),
+            (true, SET),
+            (false, GET_TOUCH),
+            (true, GET_SET),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn row_resave_f_uninit_f_rolling_t() {
-    row(false, false, true, [(false, NONE), (true, SET), (true, GET_TOUCH), (true, GET_SET)]).await;
+    row(
+        false,
+        false,
+        true,
+        [
+            (false, NONE),
+            (true, SET),
+            (true, GET_TOUCH),
+            (true, GET_SET),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn row_resave_f_uninit_t_rolling_f() {
-    row(false, true, false, [(true, SET), (true, SET), (false, GET_TOUCH), (true, GET_SET)]).await;
+    row(
+        false,
+        true,
+        false,
+        [
+            (true, SET),
+            (true, SET),
+            (false, GET_TOUCH),
+            (true, GET_SET),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn row_resave_f_uninit_t_rolling_t() {
-    row(false, true, true, [(true, SET), (true, SET), (true, GET_TOUCH), (true, GET_SET)]).await;
+    row(
+        false,
+        true,
+        true,
+        [(true, SET), (true, SET), (true, GET_TOUCH), (true, GET_SET)],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn row_resave_t_uninit_f_rolling_f() {
-    row(true, false, false, [(false, NONE), (true, SET), (false, GET_SET), (true, GET_SET)]).await;
+    row(
+        true,
+        false,
+        false,
+        [
+            (false, NONE),
+            (true, SET),
+            (false, GET_SET),
+            (true, GET_SET),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn row_resave_t_uninit_f_rolling_t() {
-    row(true, false, true, [(false, NONE), (true, SET), (true, GET_SET), (true, GET_SET)]).await;
+    row(
+        true,
+        false,
+        true,
+        [(false, NONE), (true, SET), (true, GET_SET), (true, GET_SET)],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn row_resave_t_uninit_t_rolling_f() {
-    row(true, true, false, [(true, SET), (true, SET), (false, GET_SET), (true, GET_SET)]).await;
+    row(
+        true,
+        true,
+        false,
+        [(true, SET), (true, SET), (false, GET_SET), (true, GET_SET)],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn row_resave_t_uninit_t_rolling_t() {
-    row(true, true, true, [(true, SET), (true, SET), (true, GET_SET), (true, GET_SET)]).await;
+    row(
+        true,
+        true,
+        true,
+        [(true, SET), (true, SET), (true, GET_SET), (true, GET_SET)],
+    )
+    .await;
 }
 
 #[tokio::test]

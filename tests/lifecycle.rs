@@ -16,8 +16,7 @@ use common::{get as get_req, send, Client, FlakyStore, RecordingStore};
 use serde::Deserialize;
 use session_core::store::MemoryStore;
 use session_core::{
-    Key, SameSite, SaveErrors, SaveMode, Secure, Session, SessionId, SessionLayer, Store,
-    Timestamp,
+    Key, SameSite, SaveErrors, SaveMode, Secure, Session, SessionId, SessionLayer, Store, Timestamp,
 };
 
 #[derive(Session)]
@@ -35,7 +34,10 @@ struct Tag {
 fn routes() -> Router {
     Router::new()
         .route("/noop", get(|| async { "no session here" }))
-        .route("/read", get(|p: Session<Profile>| async move { format!("views: {}", p.views()) }))
+        .route(
+            "/read",
+            get(|p: Session<Profile>| async move { format!("views: {}", p.views()) }),
+        )
         .route(
             "/touch-only",
             get(|mut p: Session<Profile>| async move {
@@ -61,10 +63,12 @@ fn routes() -> Router {
         )
         .route(
             "/tag",
-            get(|mut p: Session<Profile>, Query(tag): Query<Tag>| async move {
-                p.tags_mut().push(tag.t);
-                "ok"
-            }),
+            get(
+                |mut p: Session<Profile>, Query(tag): Query<Tag>| async move {
+                    p.tags_mut().push(tag.t);
+                    "ok"
+                },
+            ),
         )
         .route(
             "/name",
@@ -160,7 +164,11 @@ async fn accessor_used_without_a_change_writes_nothing() {
 #[tokio::test]
 async fn new_session_handler_that_only_reads_stores_nothing() {
     let store = RecordingStore::new();
-    let reply = send(&app_with(layer(store.clone())), get_req("/touch-only", None)).await;
+    let reply = send(
+        &app_with(layer(store.clone())),
+        get_req("/touch-only", None),
+    )
+    .await;
     assert!(store.ops().is_empty());
     assert!(reply.set_cookies().is_empty());
 }
@@ -199,7 +207,10 @@ async fn concurrent_requests_changing_different_fields_both_keep_their_change() 
 
 #[tokio::test]
 async fn touch_is_throttled_by_touch_after() {
-    for (touch_after, expected) in [(Duration::ZERO, vec!["load", "touch"]), (Duration::from_secs(3600), vec!["load"])] {
+    for (touch_after, expected) in [
+        (Duration::ZERO, vec!["load", "touch"]),
+        (Duration::from_secs(3600), vec!["load"]),
+    ] {
         let store = RecordingStore::new();
         let mut client = Client::new(app_with(layer(store.clone()).with_touch_after(touch_after)));
         client.get("/incr").await;
@@ -301,7 +312,10 @@ async fn destroy_deletes_the_record_and_clears_the_cookie() {
     assert!(clearing.starts_with("sid=;"), "{clearing}");
     assert!(clearing.contains("Max-Age=0"), "{clearing}");
     assert!(store.is_empty());
-    assert_eq!(send(&app, get_req("/read", Some(&old))).await.body, "views: 0");
+    assert_eq!(
+        send(&app, get_req("/read", Some(&old))).await.body,
+        "views: 0"
+    );
 }
 
 #[tokio::test]
@@ -334,12 +348,17 @@ async fn cookie_signed_with_an_old_key_is_accepted_and_re_signed() {
     let rotated = app_with(SessionLayer::new(store.clone(), common::key()).with_old_key(old_key));
     let reply = send(&rotated, get_req("/read", Some(&old_cookie))).await;
     assert_eq!(reply.body, "views: 1");
-    let resigned = reply.cookie_pair("sid").expect("old-key cookie is re-signed");
+    let resigned = reply
+        .cookie_pair("sid")
+        .expect("old-key cookie is re-signed");
     assert_ne!(resigned, old_cookie);
     assert_eq!(resigned[..36], old_cookie[..36], "same id, new signature");
     let reply = send(&rotated, get_req("/read", Some(&resigned))).await;
     assert_eq!(reply.body, "views: 1");
-    assert!(reply.set_cookies().is_empty(), "a current-key cookie is not re-sent");
+    assert!(
+        reply.set_cookies().is_empty(),
+        "a current-key cookie is not re-sent"
+    );
 }
 
 #[tokio::test]
@@ -355,7 +374,14 @@ async fn bad_cookies_get_a_fresh_session_without_a_store_lookup() {
     let tampered = String::from_utf8(tampered).unwrap();
     let id_only = good[..36].to_owned();
     let huge = format!("sid={}", "x".repeat(8000));
-    for bad in [tampered.as_str(), id_only.as_str(), "sid=", "sid=%%%", huge.as_str(), "sid=a.b.c"] {
+    for bad in [
+        tampered.as_str(),
+        id_only.as_str(),
+        "sid=",
+        "sid=%%%",
+        huge.as_str(),
+        "sid=a.b.c",
+    ] {
         store.clear();
         let reply = send(&app, get_req("/read", Some(bad))).await;
         assert_eq!(reply.status, 200, "{bad}");
@@ -365,7 +391,10 @@ async fn bad_cookies_get_a_fresh_session_without_a_store_lookup() {
     // A valid cookie among duplicates and forgeries is still found.
     let mixed = format!("sid=forged; other=1; {good}; sid=also-forged");
     store.clear();
-    assert_eq!(send(&app, get_req("/read", Some(&mixed))).await.body, "views: 1");
+    assert_eq!(
+        send(&app, get_req("/read", Some(&mixed))).await.body,
+        "views: 1"
+    );
     assert_eq!(store.ops(), ["load"]);
 }
 
@@ -389,7 +418,10 @@ async fn load_error_answers_with_the_configured_status() {
     let mut client = Client::new(app_with(layer(store.clone())));
     client.get("/incr").await;
     store.fail_load.store(true, Ordering::SeqCst);
-    assert_eq!(client.get("/read").await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        client.get("/read").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
 
     let mut client = Client::new(app_with(
         layer(store.clone()).with_error_status(StatusCode::SERVICE_UNAVAILABLE),
@@ -418,7 +450,10 @@ async fn unreadable_record_starts_a_new_session_and_is_left_in_place() {
     assert_ne!(reply.cookie_pair("sid").unwrap()[..36], old[..36]);
     store.corrupt_load.store(false, Ordering::SeqCst);
     let kept = store.inner.load(&key_of(&old)).await.unwrap().unwrap();
-    assert_eq!(&*kept.fields["views"], "1", "the unreadable record is not destroyed");
+    assert_eq!(
+        &*kept.fields["views"], "1",
+        "the unreadable record is not destroyed"
+    );
 }
 
 #[tokio::test]
@@ -438,7 +473,10 @@ async fn save_error_can_be_logged_instead() {
     let reply = send(&app, get_req("/incr", None)).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body, "views: 1");
-    assert!(reply.set_cookies().is_empty(), "no cookie for a session that was not stored");
+    assert!(
+        reply.set_cookies().is_empty(),
+        "no cookie for a session that was not stored"
+    );
 }
 
 #[tokio::test]
@@ -448,8 +486,13 @@ async fn schema_evolution_keeps_what_the_struct_does_not_understand() {
     client.get("/incr").await;
     let key = key_of(client.cookie.as_deref().unwrap());
     // A later deploy removed `legacy`; an earlier one stored `name` as a number.
-    let mut extra = session_core::Record::new(Timestamp::now(), Timestamp::now().saturating_add(Duration::from_secs(60)));
-    extra.fields.insert(Arc::from("legacy"), Arc::from("{\"keep\":true}"));
+    let mut extra = session_core::Record::new(
+        Timestamp::now(),
+        Timestamp::now().saturating_add(Duration::from_secs(60)),
+    );
+    extra
+        .fields
+        .insert(Arc::from("legacy"), Arc::from("{\"keep\":true}"));
     extra.fields.insert(Arc::from("name"), Arc::from("42"));
     store.save(&key, &extra, SaveMode::Merge).await.unwrap();
 
@@ -458,7 +501,10 @@ async fn schema_evolution_keeps_what_the_struct_does_not_understand() {
     client.get("/touch-only").await;
     let record = store.load(&key).await.unwrap().unwrap();
     assert_eq!(&*record.fields["legacy"], "{\"keep\":true}");
-    assert_eq!(&*record.fields["name"], "42", "undecodable field is not overwritten");
+    assert_eq!(
+        &*record.fields["name"], "42",
+        "undecodable field is not overwritten"
+    );
     assert_eq!(&*record.fields["views"], "2");
     // Missing field (`tags` was never written): its default.
     assert!(!record.fields.contains_key("tags"));
@@ -471,7 +517,11 @@ async fn secure_cookie_on_plain_http_stores_nothing() {
     let reply = send(&app, get_req("/incr", None)).await;
     assert_eq!(reply.status, 200);
     assert!(reply.set_cookies().is_empty());
-    assert!(store.ops().is_empty(), "no orphan record: {:?}", store.ops());
+    assert!(
+        store.ops().is_empty(),
+        "no orphan record: {:?}",
+        store.ops()
+    );
 }
 
 #[tokio::test]
@@ -497,7 +547,10 @@ async fn cookie_attributes_follow_the_options() {
     for part in ["HttpOnly", "SameSite=Lax", "Path=/"] {
         assert!(cookie.contains(part), "{cookie} lacks {part}");
     }
-    assert!(!cookie.contains("Max-Age"), "browser-session cookie by default: {cookie}");
+    assert!(
+        !cookie.contains("Max-Age"),
+        "browser-session cookie by default: {cookie}"
+    );
 
     let custom = layer(MemoryStore::new())
         .with_cookie_name("app.sid")
@@ -506,10 +559,19 @@ async fn cookie_attributes_follow_the_options() {
         .with_same_site(SameSite::Strict)
         .with_secure(Secure::Always)
         .with_partitioned(true);
-    let request = Request::get("https://example.com/incr").body(axum::body::Body::empty()).unwrap();
+    let request = Request::get("https://example.com/incr")
+        .body(axum::body::Body::empty())
+        .unwrap();
     let reply = send(&app_with(custom), request).await;
     let cookie = reply.set_cookie("app.sid").unwrap();
-    for part in ["Max-Age=900", "Expires=", "Domain=example.com", "SameSite=Strict", "Secure", "Partitioned"] {
+    for part in [
+        "Max-Age=900",
+        "Expires=",
+        "Domain=example.com",
+        "SameSite=Strict",
+        "Secure",
+        "Partitioned",
+    ] {
         assert!(cookie.contains(part), "{cookie} lacks {part}");
     }
 }
@@ -517,18 +579,32 @@ async fn cookie_attributes_follow_the_options() {
 #[tokio::test]
 async fn requests_outside_the_cookie_path_get_no_session() {
     let app = Router::new()
-        .route("/app/read", get(|p: Session<Profile>| async move { format!("views: {}", p.views()) }))
-        .route("/other", get(|p: Session<Profile>| async move { format!("views: {}", p.views()) }))
+        .route(
+            "/app/read",
+            get(|p: Session<Profile>| async move { format!("views: {}", p.views()) }),
+        )
+        .route(
+            "/other",
+            get(|p: Session<Profile>| async move { format!("views: {}", p.views()) }),
+        )
         .layer(layer(MemoryStore::new()).with_path("/app"));
     assert_eq!(send(&app, get_req("/app/read", None)).await.status, 200);
     let outside = send(&app, get_req("/other", None)).await;
     assert_eq!(outside.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(outside.body.contains("without `SessionLayer`"), "{}", outside.body);
+    assert!(
+        outside.body.contains("without `SessionLayer`"),
+        "{}",
+        outside.body
+    );
 }
 
 #[tokio::test]
 async fn extracting_twice_at_once_is_a_clear_error() {
-    let reply = send(&app_with(layer(MemoryStore::new())), get_req("/twice", None)).await;
+    let reply = send(
+        &app_with(layer(MemoryStore::new())),
+        get_req("/twice", None),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
 }
 
@@ -543,7 +619,9 @@ async fn oversized_session_is_refused_with_an_error() {
 
 #[test]
 fn invalid_configuration_is_reported_by_check() {
-    let bad_name = layer(MemoryStore::new()).with_cookie_name("my session").check();
+    let bad_name = layer(MemoryStore::new())
+        .with_cookie_name("my session")
+        .check();
     assert!(bad_name.unwrap_err().to_string().contains("cookie name"));
     let none_insecure = layer(MemoryStore::new())
         .with_same_site(SameSite::None)

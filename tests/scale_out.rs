@@ -249,10 +249,7 @@ fn parse_response(raw: &[u8]) -> Reply {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
-    loop {
-        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
         let size = std::str::from_utf8(&data[..end])
             .ok()
             .and_then(|line| usize::from_str_radix(line.split(';').next()?.trim(), 16).ok())

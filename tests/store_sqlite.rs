@@ -264,7 +264,7 @@ async fn create_takes_over_an_expired_key_exactly_once() {
             .await
             .unwrap()
     });
-    let won = futures_join(attempts).await;
+    let won = join_all(attempts).await;
     assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
     let owner = store.load(&key).await.unwrap().unwrap().fields["owner"].clone();
     assert_ne!(&*owner, "\"old\"");
@@ -272,7 +272,7 @@ async fn create_takes_over_an_expired_key_exactly_once() {
 
 /// Polls `futures` concurrently in this task (they may borrow the store) and returns their
 /// outputs in order.
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
     let mut pinned: Vec<_> = futures.map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -396,7 +396,7 @@ async fn two_pools_on_one_file_lose_no_concurrent_merge() {
                 .await
         }
     });
-    let results = futures_join(writes).await;
+    let results = join_all(writes).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(second.load(&key).await.unwrap().unwrap().fields.len(), 61);
 }

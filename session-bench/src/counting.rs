@@ -134,7 +134,7 @@ impl<S: Store> Store for CountingStore<S> {
 /// With `track_ids`, the ids of created sessions are kept so that the benchmark can delete
 /// them afterwards: tower-sessions-redis-store keys sessions by bare id, with no prefix to
 /// clean up by.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CountingTowerStore<S> {
     inner: S,
     stats: Arc<Stats>,
@@ -191,7 +191,9 @@ impl<S: SessionStore> SessionStore for CountingTowerStore<S> {
         self.count_record(record);
         self.inner.create(record).await?;
         if let Some(ids) = &self.created {
-            ids.lock().unwrap_or_else(|p| p.into_inner()).push(record.id);
+            ids.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(record.id);
         }
         Ok(())
     }

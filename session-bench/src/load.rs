@@ -89,7 +89,11 @@ pub struct Answer {
 }
 
 /// One request on a fresh connection: for setup and bookkeeping, never timed.
-pub async fn fetch(addr: SocketAddr, path: &'static str, cookie: Option<&str>) -> io::Result<Answer> {
+pub async fn fetch(
+    addr: SocketAddr,
+    path: &'static str,
+    cookie: Option<&str>,
+) -> io::Result<Answer> {
     Conn::open(addr, cookie).await?.send(path).await
 }
 
@@ -163,7 +167,9 @@ pub async fn run(conns: &mut Vec<Conn>, path: &'static str, limit: Limit) -> Run
                 match conn.send(path).await {
                     Ok(answer) if (200..300).contains(&answer.status) => {
                         let micros = sent.elapsed().as_micros();
-                        result.latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                        result
+                            .latencies
+                            .push(u32::try_from(micros).unwrap_or(u32::MAX));
                         result.requests += 1;
                         result.set_cookies += u64::from(answer.set_cookie.is_some());
                     }

@@ -181,7 +181,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 options.scenarios = value(arg)?
                     .split(',')
                     .map(|name| {
-                        Scenario::parse(name.trim()).ok_or_else(|| format!("unknown scenario {name:?}"))
+                        Scenario::parse(name.trim())
+                            .ok_or_else(|| format!("unknown scenario {name:?}"))
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -601,7 +602,13 @@ fn bench(options: &Options) -> Result<(), String> {
 }
 
 /// Notes a run that did not do what the scenario means, so that the report says so.
-fn check_run(variant: Variant, scenario: Scenario, result: &RunResult, connections: usize, notes: &mut Vec<String>) {
+fn check_run(
+    variant: Variant,
+    scenario: Scenario,
+    result: &RunResult,
+    connections: usize,
+    notes: &mut Vec<String>,
+) {
     if result.errors > 0 {
         notes.push(format!(
             "{} / {variant}: {} failed requests in one run.",
@@ -610,7 +617,10 @@ fn check_run(variant: Variant, scenario: Scenario, result: &RunResult, connectio
         ));
     }
     if result.requests == 0 {
-        notes.push(format!("{} / {variant}: a run completed no request.", scenario.name()));
+        notes.push(format!(
+            "{} / {variant}: a run completed no request.",
+            scenario.name()
+        ));
     }
     if scenario == Scenario::NewVisitor
         && variant != Variant::Bare
@@ -628,9 +638,16 @@ fn check_run(variant: Variant, scenario: Scenario, result: &RunResult, connectio
 /// VmRSS of a fresh server before and after creating `options.sessions` sessions through HTTP.
 async fn measure_memory(variant: Variant, options: &Options) -> Result<MemoryResult, String> {
     let server = Server::start(variant, &options.redis_url)?;
-    let mut conns = server.connect(Scenario::NewVisitor, options.connections).await?;
+    let mut conns = server
+        .connect(Scenario::NewVisitor, options.connections)
+        .await?;
     // Warm up the HTTP path (buffers, thread caches) without creating sessions.
-    load::run(&mut conns, "/lazy", Limit::Requests(options.sessions.min(20_000))).await;
+    load::run(
+        &mut conns,
+        "/lazy",
+        Limit::Requests(options.sessions.min(20_000)),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = server.rss().unwrap_or(0);
     let result = load::run(&mut conns, "/", Limit::Requests(options.sessions)).await;

@@ -189,8 +189,20 @@ impl Report {
         } else {
             format!("cargo run --release -p session-bench -- {}", args.join(" "))
         };
-        let _ = writeln!(out, "## session-bench results{}\n", if o.smoke { " (smoke mode: numbers are not meaningful)" } else { "" });
-        let _ = writeln!(out, "- Command: `{command}` (finished in {:.0} s)", self.elapsed.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "## session-bench results{}\n",
+            if o.smoke {
+                " (smoke mode: numbers are not meaningful)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "- Command: `{command}` (finished in {:.0} s)",
+            self.elapsed.as_secs_f64()
+        );
         let _ = writeln!(out, "- Machine: {}", machine(self.redis_version.as_deref()));
         let _ = writeln!(
             out,
@@ -231,7 +243,9 @@ impl Report {
             let Some(cell) = self.cell(scenario, variant) else {
                 continue;
             };
-            let peer = variant.peer().and_then(|p| self.cell(scenario, p).map(|c| (p, c)));
+            let peer = variant
+                .peer()
+                .and_then(|p| self.cell(scenario, p).map(|c| (p, c)));
             let vs_peer = peer
                 .and_then(|(p, _)| self.rps_ratio(scenario, variant, p))
                 .map_or_else(String::new, ratio_text);
@@ -260,17 +274,23 @@ impl Report {
                 if let Some((_, p)) = peer {
                     let theirs = p.writes_per_request();
                     if theirs > 0.0 {
-                        let _ = write!(text, " ({})", ratio_text(cell.writes_per_request() / theirs));
+                        let _ = write!(
+                            text,
+                            " ({})",
+                            ratio_text(cell.writes_per_request() / theirs)
+                        );
                     }
                 }
                 text
             };
             let bytes = match (variant, cell.bytes_per_request) {
                 (Variant::Bare, _) | (_, None) => "–".to_owned(),
-                (_, Some(b)) => match peer.and_then(|(p, _)| self.bytes_ratio(scenario, variant, p)) {
-                    Some(r) => format!("{b:.0} ({})", bytes_ratio_text(r)),
-                    None => format!("{b:.0}"),
-                },
+                (_, Some(b)) => {
+                    match peer.and_then(|(p, _)| self.bytes_ratio(scenario, variant, p)) {
+                        Some(r) => format!("{b:.0} ({})", bytes_ratio_text(r)),
+                        None => format!("{b:.0}"),
+                    }
+                }
             };
             let _ = writeln!(
                 out,
@@ -370,8 +390,16 @@ impl Report {
             }
         }
         for (variant, peer, what) in [
-            (Variant::OursMem, Variant::TowerMem, "large session, memory: bytes written/req vs tower-sessions"),
-            (Variant::OursRedis, Variant::TowerRedis, "large session, Redis: bytes written/req vs tower-sessions"),
+            (
+                Variant::OursMem,
+                Variant::TowerMem,
+                "large session, memory: bytes written/req vs tower-sessions",
+            ),
+            (
+                Variant::OursRedis,
+                Variant::TowerRedis,
+                "large session, Redis: bytes written/req vs tower-sessions",
+            ),
         ] {
             if let Some(r) = self.bytes_ratio(Scenario::BigSession, variant, peer) {
                 targets.push(Target {
@@ -387,8 +415,12 @@ impl Report {
             what: "memory per stored session vs tower-sessions",
             goal: "≤ 1.0×",
             measured: r.map(|r| {
-                let ours = self.memory_of(Variant::OursMem).map_or(0.0, MemoryResult::per_session);
-                let tower = self.memory_of(Variant::TowerMem).map_or(0.0, MemoryResult::per_session);
+                let ours = self
+                    .memory_of(Variant::OursMem)
+                    .map_or(0.0, MemoryResult::per_session);
+                let tower = self
+                    .memory_of(Variant::TowerMem)
+                    .map_or(0.0, MemoryResult::per_session);
                 format!("{} ({ours:.0} B vs {tower:.0} B)", ratio_text(r))
             }),
             holds: r.map(|r| r <= 1.0),
@@ -419,7 +451,9 @@ impl Report {
 
     /// `summary: counter_vs_tower=R1 counter_vs_bare=R2 lazy_vs_bare=R3 bigsession_bytes_vs_tower=R4`
     pub fn summary(&self) -> String {
-        let fmt = |r: Option<f64>, digits: usize| r.map_or_else(|| "NA".to_owned(), |r| format!("{r:.digits$}"));
+        let fmt = |r: Option<f64>, digits: usize| {
+            r.map_or_else(|| "NA".to_owned(), |r| format!("{r:.digits$}"))
+        };
         format!(
             "summary: counter_vs_tower={} counter_vs_bare={} lazy_vs_bare={} bigsession_bytes_vs_tower={}",
             fmt(self.rps_ratio(Scenario::Counter, Variant::OursMem, Variant::TowerMem), 2),
@@ -451,13 +485,14 @@ fn machine(redis_version: Option<&str>) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|k| format!("Linux {}", k.trim()))
         .unwrap_or_default();
-    let rustc = std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()))
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "rustc unknown".to_owned());
+    let rustc =
+        std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()))
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "rustc unknown".to_owned());
     let mut parts = vec![format!("{cores} cores ({cpu})"), memory, kernel, rustc];
     if let Some(version) = redis_version {
         parts.push(format!("Redis {version}"));

@@ -86,13 +86,22 @@ mod tower {
     }
 
     pub async fn home(session: Session) -> Result<String, StatusCode> {
-        let views = session.get::<u32>("views").await.map_err(internal)?.unwrap_or(0) + 1;
+        let views = session
+            .get::<u32>("views")
+            .await
+            .map_err(internal)?
+            .unwrap_or(0)
+            + 1;
         session.insert("views", views).await.map_err(internal)?;
         Ok(format!("You visited {views} times"))
     }
 
     pub async fn peek(session: Session) -> Result<String, StatusCode> {
-        let views = session.get::<u32>("views").await.map_err(internal)?.unwrap_or(0);
+        let views = session
+            .get::<u32>("views")
+            .await
+            .map_err(internal)?
+            .unwrap_or(0);
         Ok(format!("views: {views}"))
     }
 
@@ -143,7 +152,7 @@ enum Cleanup {
     TowerIds(CreatedIds),
 }
 
-async fn stats(State(admin): State<Admin>) -> String {
+async fn stats_route(State(admin): State<Admin>) -> String {
     admin.stats.render((admin.sessions)())
 }
 
@@ -157,7 +166,7 @@ async fn bytes_off(State(admin): State<Admin>) -> &'static str {
     "off"
 }
 
-async fn cleanup(State(admin): State<Admin>) -> String {
+async fn cleanup_route(State(admin): State<Admin>) -> String {
     let redis_url = &*admin.redis_url;
     let result = match &admin.cleanup {
         Cleanup::Nothing => Ok(0),
@@ -190,7 +199,10 @@ pub async fn delete_prefix(url: &str, prefix: &str) -> redis::RedisResult<u64> {
             .query_async(&mut connection)
             .await?;
         if !keys.is_empty() {
-            let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut connection).await?;
+            let n: u64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut connection)
+                .await?;
             deleted += n;
         }
         if next == 0 {
@@ -209,7 +221,10 @@ async fn delete_keys(url: &str, keys: Vec<String>) -> redis::RedisResult<u64> {
     let mut connection = client.get_multiplexed_async_connection().await?;
     let mut deleted = 0;
     for batch in keys.chunks(1000) {
-        let n: u64 = redis::cmd("UNLINK").arg(batch).query_async(&mut connection).await?;
+        let n: u64 = redis::cmd("UNLINK")
+            .arg(batch)
+            .query_async(&mut connection)
+            .await?;
         deleted += n;
     }
     Ok(deleted)
@@ -294,8 +309,7 @@ async fn app(variant: Variant, redis_url: &str) -> Result<Router, String> {
                     use tower_sessions_redis_store::fred::prelude::{ClientLike, Config, Pool};
                     // As tower-sessions-redis-store's own example sets it up.
                     let config = Config::from_url(redis_url).map_err(|e| e.to_string())?;
-                    let pool =
-                        Pool::new(config, None, None, None, 6).map_err(|e| e.to_string())?;
+                    let pool = Pool::new(config, None, None, None, 6).map_err(|e| e.to_string())?;
                     pool.init()
                         .await
                         .map_err(|e| format!("tower-sessions RedisStore: {e}"))?;
@@ -317,10 +331,10 @@ async fn app(variant: Variant, redis_url: &str) -> Result<Router, String> {
         redis_url: Arc::from(redis_url),
     };
     let bookkeeping = Router::new()
-        .route("/__stats", get(stats))
+        .route("/__stats", get(stats_route))
         .route("/__bytes/on", get(bytes_on))
         .route("/__bytes/off", get(bytes_off))
-        .route("/__cleanup", get(cleanup))
+        .route("/__cleanup", get(cleanup_route))
         .with_state(admin);
     Ok(routes.merge(bookkeeping))
 }

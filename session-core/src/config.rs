@@ -125,9 +125,8 @@ impl Config {
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
         let token = |s: &str| {
             !s.is_empty()
-                && s.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-                })
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         };
         if !token(&self.cookie_name) {
             return Err(ConfigError::CookieName(self.cookie_name.clone()));

@@ -62,7 +62,11 @@ pub async fn round_trip(store: &dyn Store) {
     assert!(store.load(&key).await.unwrap().is_none());
     let written = record(&[("views", "3"), ("user", "{\"name\":\"ada\"}")], MINUTE);
     assert!(store.create(&key, &written).await.unwrap());
-    let loaded = store.load(&key).await.unwrap().expect("created record loads");
+    let loaded = store
+        .load(&key)
+        .await
+        .unwrap()
+        .expect("created record loads");
     assert_eq!(loaded.fields, written.fields);
     assert_close(loaded.created_at, written.created_at, "created_at");
     assert_close(loaded.expires_at, written.expires_at, "expires_at");
@@ -82,7 +86,10 @@ pub async fn save_creates_missing_records(store: &dyn Store) {
 /// Deleting removes the record; deleting an absent record is not an error.
 pub async fn delete_removes(store: &dyn Store) {
     let key = key();
-    store.create(&key, &record(&[("a", "1")], MINUTE)).await.unwrap();
+    store
+        .create(&key, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap();
     store.delete(&key).await.unwrap();
     assert!(store.load(&key).await.unwrap().is_none());
     store.delete(&key).await.unwrap();
@@ -118,7 +125,10 @@ pub async fn create_is_atomic(store: &dyn Store) {
 /// fields no struct knows any more.
 pub async fn merge_writes_only_given_fields(store: &dyn Store) {
     let key = key();
-    let base = record(&[("views", "1"), ("cart", "[]"), ("legacy", "\"keep me\"")], MINUTE);
+    let base = record(
+        &[("views", "1"), ("cart", "[]"), ("legacy", "\"keep me\"")],
+        MINUTE,
+    );
     store.create(&key, &base).await.unwrap();
     let change = record(&[("views", "2")], MINUTE);
     store.save(&key, &change, SaveMode::Merge).await.unwrap();
@@ -153,7 +163,10 @@ pub async fn expired_records_are_invisible(store: &dyn Store) {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(store.load(&key).await.unwrap().is_none());
     // Its key is free again.
-    assert!(store.create(&key, &record(&[("b", "2")], MINUTE)).await.unwrap());
+    assert!(store
+        .create(&key, &record(&[("b", "2")], MINUTE))
+        .await
+        .unwrap());
 }
 
 /// `touch` moves the deadline and nothing else; touching an absent key creates nothing.
@@ -166,9 +179,16 @@ pub async fn touch_moves_only_the_deadline(store: &dyn Store) {
     let loaded = store.load(&key).await.unwrap().unwrap();
     assert_eq!(loaded.fields, short.fields);
     assert_close(loaded.expires_at, later, "touched expires_at");
-    assert_close(loaded.created_at, short.created_at, "created_at after touch");
+    assert_close(
+        loaded.created_at,
+        short.created_at,
+        "created_at after touch",
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(store.load(&key).await.unwrap().is_some(), "touched record outlives its old deadline");
+    assert!(
+        store.load(&key).await.unwrap().is_some(),
+        "touched record outlives its old deadline"
+    );
 
     let absent = self::key();
     store.touch(&absent, later).await.unwrap();
@@ -179,7 +199,10 @@ pub async fn touch_moves_only_the_deadline(store: &dyn Store) {
 /// may report 0; their expired records must be gone anyway.
 pub async fn purge_removes_only_expired(store: &dyn Store) {
     let live = key();
-    store.create(&live, &record(&[("a", "1")], MINUTE)).await.unwrap();
+    store
+        .create(&live, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap();
     let dead: Vec<StoreKey> = (0..5).map(|_| key()).collect();
     for key in &dead {
         store
@@ -199,7 +222,10 @@ pub async fn purge_removes_only_expired(store: &dyn Store) {
 pub async fn concurrent_writers_on_different_fields_lose_nothing(store: &dyn Store) {
     let store: &dyn Store = store;
     let key = key();
-    store.create(&key, &record(&[("base", "0")], MINUTE)).await.unwrap();
+    store
+        .create(&key, &record(&[("base", "0")], MINUTE))
+        .await
+        .unwrap();
     let writes = (0..100).map(|i| {
         let name = format!("f{i}");
         async move {
@@ -209,7 +235,12 @@ pub async fn concurrent_writers_on_different_fields_lose_nothing(store: &dyn Sto
     });
     join_all(writes).await;
     let loaded = store.load(&key).await.unwrap().unwrap();
-    assert_eq!(loaded.fields.len(), 101, "fields kept: {}", loaded.fields.len());
+    assert_eq!(
+        loaded.fields.len(),
+        101,
+        "fields kept: {}",
+        loaded.fields.len()
+    );
     for i in 0..100 {
         assert_eq!(&*loaded.fields[format!("f{i}").as_str()], i.to_string());
     }

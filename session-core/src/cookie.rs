@@ -39,13 +39,10 @@ impl Key {
     /// [`KeyError::TooShort`] when `secret` has fewer than 32 bytes.
     pub fn from_bytes(secret: &[u8]) -> Result<Self, KeyError> {
         if secret.len() < MIN_KEY_LEN {
-            return Err(KeyError::TooShort {
-                len: secret.len(),
-            });
+            return Err(KeyError::TooShort { len: secret.len() });
         }
-        let mac = HmacSha256::new_from_slice(secret).map_err(|_| KeyError::TooShort {
-            len: secret.len(),
-        })?;
+        let mac = HmacSha256::new_from_slice(secret)
+            .map_err(|_| KeyError::TooShort { len: secret.len() })?;
         Ok(Self { mac })
     }
 
@@ -65,7 +62,9 @@ impl Key {
         mac.update(id.as_str().as_bytes());
         let tag = mac.finalize().into_bytes();
         let mut out = [0u8; SIG_LEN];
-        let written = URL_SAFE_NO_PAD.encode_slice(tag, &mut out).unwrap_or_default();
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(tag, &mut out)
+            .unwrap_or_default();
         debug_assert_eq!(written, SIG_LEN);
         out
     }
@@ -137,7 +136,10 @@ impl KeyRing {
 
     /// The id in a signed cookie value and the index of the key that verified it.
     pub(crate) fn verify(&self, value: &str) -> Option<(SessionId, usize)> {
-        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
         if value.len() != SIGNED_LEN || value.as_bytes()[ID_LEN] != b'.' {
             return None;
         }

@@ -3,7 +3,7 @@
 //!
 //! The derive implements [`SessionData`] for the user's struct and generates, next to it, a
 //! *view*: the struct plus one [`FieldState`] per field, with inherent accessor methods.
-//! [`Session<T>`](crate::Session) derefs to that view, so `visit.views()` and
+//! [`Session<T>`](struct@crate::Session) derefs to that view, so `visit.views()` and
 //! `visit.views_mut()` resolve without importing anything.
 //!
 //! A field is *touched* when its `_mut` accessor or setter runs, and *changed* when, at the
@@ -36,7 +36,7 @@ use crate::record::Fields;
 /// }
 /// ```
 pub trait SessionData: Sized + Send + 'static {
-    /// The generated tracked view that [`Session<Self>`](crate::Session) derefs to.
+    /// The generated tracked view that [`Session<Self>`](struct@crate::Session) derefs to.
     type View: SessionView<Data = Self>;
 }
 
@@ -167,7 +167,13 @@ mod tests {
     #[test]
     fn untouched_field_is_not_collected() {
         let mut state = FieldState::NEW;
-        let value: u32 = decode_field(&stored(&[("n", "3")]), &Fields::new(), "n", &mut state, || 0);
+        let value: u32 = decode_field(
+            &stored(&[("n", "3")]),
+            &Fields::new(),
+            "n",
+            &mut state,
+            || 0,
+        );
         let mut out = Fields::new();
         assert!(!collect_field(&value, "n", &mut state, &mut out).unwrap());
         assert!(out.is_empty());
@@ -176,7 +182,13 @@ mod tests {
     #[test]
     fn touched_but_equal_field_is_not_collected() {
         let mut state = FieldState::NEW;
-        let value: u32 = decode_field(&stored(&[("n", "3")]), &Fields::new(), "n", &mut state, || 0);
+        let value: u32 = decode_field(
+            &stored(&[("n", "3")]),
+            &Fields::new(),
+            "n",
+            &mut state,
+            || 0,
+        );
         state.touch(&value);
         let mut out = Fields::new();
         assert!(!collect_field(&value, "n", &mut state, &mut out).unwrap());
@@ -186,8 +198,13 @@ mod tests {
     #[test]
     fn changed_field_is_collected_once() {
         let mut state = FieldState::NEW;
-        let mut value: u32 =
-            decode_field(&stored(&[("n", "3")]), &Fields::new(), "n", &mut state, || 0);
+        let mut value: u32 = decode_field(
+            &stored(&[("n", "3")]),
+            &Fields::new(),
+            "n",
+            &mut state,
+            || 0,
+        );
         state.touch(&value);
         value += 1;
         let mut out = Fields::new();

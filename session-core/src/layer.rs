@@ -284,7 +284,11 @@ where
         }
         let lookup = config.keys.find(
             &config.cookie_name,
-            request.headers().get_all(COOKIE).iter().map(HeaderValue::as_bytes),
+            request
+                .headers()
+                .get_all(COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes),
         );
         let secure = is_secure(&request, config.trust_proxy);
         let state = Arc::new(RequestState::new(config.clone(), lookup, secure));
@@ -336,7 +340,12 @@ fn is_secure<B>(request: &Request<B>, trust_proxy: bool) -> bool {
             .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
-fn append_cookie(response: &mut Response, state: &RequestState, value: &str, max_age: Option<Duration>) {
+fn append_cookie(
+    response: &mut Response,
+    state: &RequestState,
+    value: &str,
+    max_age: Option<Duration>,
+) {
     let config = &state.config;
     let mut cookie = cookie::Cookie::build((config.cookie_name.as_str(), value))
         .path(config.path.as_str())

@@ -2,7 +2,7 @@
 //! compiler.
 //!
 //! Derive [`Session`](derive@Session) on a plain struct, add a [`SessionLayer`], and take
-//! [`Session<T>`] as a handler argument:
+//! [`Session<T>`](struct@Session) as a handler argument:
 //!
 //! ```
 //! use axum::{routing::get, Router};
@@ -64,14 +64,19 @@
 #![deny(unreachable_pub)]
 #![cfg_attr(not(feature = "axum"), allow(dead_code))]
 
+mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
-mod config;
 mod cookie;
 mod data;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 pub mod lifecycle;
+#[cfg(test)]
+mod proptests;
 mod record;
 mod session;
 pub mod store;
@@ -85,16 +90,16 @@ pub use crate::config::{ConfigError, SameSite, SaveErrors, Secure};
 pub use crate::cookie::{Key, KeyError};
 pub use crate::data::SessionData;
 pub use crate::error::SessionError;
+#[cfg(feature = "axum")]
+pub use crate::extract::SessionRejection;
 pub use crate::id::{SessionId, StoreKey};
+#[cfg(feature = "axum")]
+pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
 pub use crate::record::{Fields, Record, SaveMode, Timestamp};
 pub use crate::session::Session;
 pub use crate::store::{Store, StoreError};
-#[cfg(feature = "axum")]
-pub use crate::extract::SessionRejection;
-#[cfg(feature = "axum")]
-pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
 
-/// Derives [`SessionData`] and the typed accessors of [`Session<T>`].
+/// Derives [`SessionData`] and the typed accessors of [`Session<T>`](struct@Session).
 pub use session_derive::Session;
 
 /// What generated code uses. Not public API.

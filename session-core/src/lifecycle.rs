@@ -1,10 +1,10 @@
 //! The express-session decision rules, improved: when to save, when to touch, when to send
 //! `Set-Cookie`, and what happens on regenerate and destroy.
 //!
-//! Each request that extracts a session gets one [`RequestState`], shared by the layer and
-//! every [`Session<T>`](crate::Session) taken from that request. Nothing touches the store
+//! Each request that extracts a session gets one session state, shared by the layer and
+//! every [`Session<T>`](struct@crate::Session) taken from that request. Nothing touches the store
 //! until a handler extracts the session (lazy load); at the end of the request
-//! [`RequestState::finish`] applies the rules of express-session's `resave`,
+//! the layer applies the rules of express-session's `resave`,
 //! `saveUninitialized` and `rolling`:
 //!
 //! | situation | save | touch | `Set-Cookie` |
@@ -160,7 +160,11 @@ impl RequestState {
         }
         if let Some(lock) = self.config.lock {
             let held = self
-                .call(self.config.store.lock(&id.store_key(), lock.lease, lock.wait))
+                .call(
+                    self.config
+                        .store
+                        .lock(&id.store_key(), lock.lease, lock.wait),
+                )
                 .await?
                 .ok_or(SessionError::LockTimeout(lock.wait))?;
             self.lock().held = Some(held);
@@ -351,7 +355,9 @@ impl RequestState {
                 (Some(record), false) => record.clone(),
                 _ => Record::default(),
             };
-            whole.fields.extend(pending.iter().map(|(k, v)| (k.clone(), v.clone())));
+            whole
+                .fields
+                .extend(pending.iter().map(|(k, v)| (k.clone(), v.clone())));
             whole.created_at = created;
             whole.expires_at = deadline;
             let size = whole.encoded_len();
@@ -386,11 +392,19 @@ impl RequestState {
             Some(id)
         } else if let Some(id) = plan.old_id {
             if plan.replace || !explicit && config.resave && plan.partial.fields.is_empty() {
-                self.call(config.store.save(&id.store_key(), &plan.whole, SaveMode::Replace))
-                    .await?;
+                self.call(
+                    config
+                        .store
+                        .save(&id.store_key(), &plan.whole, SaveMode::Replace),
+                )
+                .await?;
             } else {
-                self.call(config.store.save(&id.store_key(), &plan.partial, SaveMode::Merge))
-                    .await?;
+                self.call(
+                    config
+                        .store
+                        .save(&id.store_key(), &plan.partial, SaveMode::Merge),
+                )
+                .await?;
             }
             None
         } else {
@@ -414,7 +428,10 @@ impl RequestState {
     async fn create(&self, record: &Record) -> Result<SessionId, SessionError> {
         for _ in 0..CREATE_ATTEMPTS {
             let id = SessionId::generate().map_err(|e| SessionError::Random(e.to_string()))?;
-            if self.call(self.config.store.create(&id.store_key(), record)).await? {
+            if self
+                .call(self.config.store.create(&id.store_key(), record))
+                .await?
+            {
                 return Ok(id);
             }
             tracing::warn!("session id collision in the store; drawing another id");
@@ -443,7 +460,8 @@ impl RequestState {
             }
             (id, deadline)
         };
-        self.call(self.config.store.touch(&id.store_key(), deadline)).await?;
+        self.call(self.config.store.touch(&id.store_key(), deadline))
+            .await?;
         if let Some(record) = self.lock().record.as_mut() {
             record.expires_at = deadline;
         }

@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn timestamps_saturate_instead_of_overflowing() {
         let late = Timestamp(u64::MAX - 1);
-        assert_eq!(late.saturating_add(Duration::from_secs(5)), Timestamp(u64::MAX));
+        assert_eq!(
+            late.saturating_add(Duration::from_secs(5)),
+            Timestamp(u64::MAX)
+        );
         assert_eq!(Timestamp(5).saturating_since(Timestamp(9)), Duration::ZERO);
     }
 }

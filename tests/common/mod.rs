@@ -268,7 +268,12 @@ pub fn server_or_skip<T, E: std::fmt::Display>(what: &str, connected: Result<T, 
             panic!("{what} is required (SESSIONS_REQUIRE_SERVERS=1) but not reachable: {error}")
         }
         Err(error) => {
-            eprintln!("skipping: {what} is not reachable ({error}); set SESSIONS_REQUIRE_SERVERS=1 to make this a failure");
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping: {what} is not reachable ({error}); set SESSIONS_REQUIRE_SERVERS=1 to make this a failure"
+            );
             None
         }
     }

@@ -106,7 +106,9 @@ impl<S: Store> CachingStore<S> {
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<S> std::fmt::Debug for CachingStore<S> {
@@ -230,9 +232,9 @@ impl<S: Store> Store for CachingStore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use crate::id::SessionId;
     use crate::store::MemoryStore;
+    use std::sync::Arc;
 
     fn key() -> StoreKey {
         SessionId::generate().unwrap().store_key()
@@ -284,7 +286,8 @@ mod tests {
 
     #[tokio::test]
     async fn expired_copies_are_not_served() {
-        let cache = CachingStore::new(MemoryStore::new()).with_max_staleness(Duration::from_secs(60));
+        let cache =
+            CachingStore::new(MemoryStore::new()).with_max_staleness(Duration::from_secs(60));
         let key = key();
         let now = Timestamp::now();
         let short = Record::new(now, now.saturating_add(Duration::from_millis(50)));

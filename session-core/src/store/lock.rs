@@ -143,7 +143,9 @@ impl Default for LocalLocks {
 
 impl std::fmt::Debug for LocalLocks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalLocks").field("keys", &self.len()).finish()
+        f.debug_struct("LocalLocks")
+            .field("keys", &self.len())
+            .finish()
     }
 }
 

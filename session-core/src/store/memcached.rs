@@ -1,66 +1,4 @@
-//! Sessions in memcached (feature `memcached`).
-//!
-//! ```no_run
-//! use std::sync::Arc;
-//! use session_core::store::{MemcachedStore, Store};
-//!
-//! # async fn run() -> Result<(), session_core::StoreError> {
-//! let store = MemcachedStore::connect("memcache://127.0.0.1:11211")
-//!     .await?
-//!     .with_prefix("myapp:session:");
-//! let store: Arc<dyn Store> = Arc::new(store);
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! # How a session is kept
-//!
-//! One session is one memcached item under `PREFIX + store key` (`session:` unless
-//! [`with_prefix`](MemcachedStore::with_prefix) says otherwise), holding the whole record as
-//! versioned JSON:
-//!
-//! ```text
-//! {"v":1,"created":1700000000000,"expires":1700000900000,"fields":{"views":"3","user":"null"}}
-//! ```
-//!
-//! `created` and `expires` are milliseconds since the Unix epoch; each field's value is its
-//! JSON text, as a string. Memcached has no partial writes, so every write sends the whole
-//! record, but none loses another writer's change:
-//!
-//! | operation | memcached commands |
-//! |---|---|
-//! | `load` | `get` |
-//! | `create` | `add`; if the key is taken by a record past its deadline, `gets` + `cas` |
-//! | `save` (merge) | `gets`, merge in memory, `cas`; retried (with jitter) until no one wrote in between; `add` if absent |
-//! | `save` (replace) | `set` |
-//! | `touch` | `gets`, new deadline, `cas`, retried likewise; nothing if absent |
-//! | `delete` | `delete` |
-//!
-//! # Expiry
-//!
-//! Memcached expires items by itself: each write sets the item's expiry to the record's
-//! deadline, rounded up to whole seconds plus one second of slack for memcached's coarse
-//! clock (relative seconds up to 30 days, an absolute Unix time beyond). The exact deadline
-//! is kept in the record and checked on every load, so a record is never returned after it,
-//! and [`purge_expired`](Store::purge_expired) has nothing to do.
-//!
-//! # Size limit
-//!
-//! Memcached refuses items over its item size limit: **1 MB by default**, raised with
-//! `memcached -I 4m` (for example). A record over the limit fails with
-//! [`StoreError::Rejected`] saying so; nothing is written.
-//!
-//! # Connections
-//!
-//! The store keeps a pool of connections to one memcached server (64 at most by default,
-//! [`with_max_connections`](MemcachedStore::with_max_connections)); a connection that fails or
-//! whose call is abandoned is closed, and a call that finds a pooled connection closed by the
-//! server (after a restart, say) is retried once on a new one. Every call returns within the
-//! store's [timeout](MemcachedStore::with_timeout) (3 s by default).
-//!
-//! The client speaks memcached's text protocol itself, over Tokio: it needs `add`, `gets`,
-//! `cas`, a pool and per-call deadlines, which is a few hundred lines, less than adapting a
-//! client crate that lacks some of them.
+//! Sessions in memcached (feature `memcached`): [`MemcachedStore`].
 
 use std::fmt;
 use std::io;
@@ -101,8 +39,71 @@ const MAX_VALUE_LEN: usize = 1 << 30;
 /// Sessions in memcached: one JSON item per session, native expiry, `cas` for concurrent
 /// writers.
 ///
-/// See the [module docs](self) for the encoding, the commands each operation sends and the
-/// size limit. Cloning is cheap and clones share the connection pool.
+/// ```no_run
+/// use std::sync::Arc;
+/// use session_core::store::{MemcachedStore, Store};
+///
+/// # async fn run() -> Result<(), session_core::StoreError> {
+/// let store = MemcachedStore::connect("memcache://127.0.0.1:11211")
+///     .await?
+///     .with_prefix("myapp:session:");
+/// let store: Arc<dyn Store> = Arc::new(store);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # How a session is kept
+///
+/// One session is one memcached item under `PREFIX + store key` (`session:` unless
+/// [`with_prefix`](MemcachedStore::with_prefix) says otherwise), holding the whole record as
+/// versioned JSON:
+///
+/// ```text
+/// {"v":1,"created":1700000000000,"expires":1700000900000,"fields":{"views":"3","user":"null"}}
+/// ```
+///
+/// `created` and `expires` are milliseconds since the Unix epoch; each field's value is its
+/// JSON text, as a string. Memcached has no partial writes, so every write sends the whole
+/// record, but none loses another writer's change:
+///
+/// | operation | memcached commands |
+/// |---|---|
+/// | `load` | `gets` (the value; its deadline is checked here) |
+/// | `create` | `add`; if the key is taken by a record past its deadline, `gets` + `cas` |
+/// | `save` (merge) | `gets`, merge in memory, `cas`; retried (with jitter) until no one wrote in between; `add` if absent |
+/// | `save` (replace) | `set` |
+/// | `touch` | `gets`, new deadline, `cas`, retried likewise; nothing if absent |
+/// | `delete` | `delete` |
+///
+/// # Expiry
+///
+/// Memcached expires items by itself: each write sets the item's expiry to the record's
+/// deadline, rounded up to whole seconds plus one second of slack for memcached's coarse
+/// clock (relative seconds up to 30 days, an absolute Unix time beyond). The exact deadline
+/// is kept in the record and checked on every load, so a record is never returned after it,
+/// and [`purge_expired`](Store::purge_expired) has nothing to do.
+///
+/// # Size limit
+///
+/// Memcached refuses items over its item size limit: **1 MB by default**, raised with
+/// `memcached -I 4m` (for example). A record over the limit fails with
+/// [`StoreError::Rejected`] saying so; nothing is written.
+///
+/// # Connections
+///
+/// The store keeps a pool of connections to one memcached server (64 at most by default,
+/// [`with_max_connections`](MemcachedStore::with_max_connections)); a connection that fails or
+/// whose call is abandoned is closed, and a call that finds a pooled connection closed by the
+/// server (after a restart, say) is retried once on a new one. Every call returns within the
+/// store's [timeout](MemcachedStore::with_timeout) (3 s by default).
+///
+/// The client speaks memcached's text protocol itself, over Tokio: it needs `add`, `gets`,
+/// `cas`, a pool and per-call deadlines, which is a few hundred lines, less than adapting a
+/// client crate that lacks some of them.
+///
+/// # Cloning
+///
+/// Cloning is cheap and clones share the connection pool.
 #[derive(Clone)]
 pub struct MemcachedStore {
     pool: Arc<Pool>,

@@ -199,7 +199,9 @@ fn hex_value(byte: u8) -> u8 {
 /// Locks a shard. A panic while a shard was locked cannot leave a record half-written (every
 /// write replaces whole values), so a poisoned lock is still safe to use.
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[async_trait]
@@ -314,7 +316,10 @@ mod tests {
         let expired = Record::new(now, now);
         // Fill every shard with expired records, then add live ones: no live record is evicted.
         for _ in 0..SHARDS * 16 {
-            store.save(&key(), &expired, SaveMode::Replace).await.unwrap();
+            store
+                .save(&key(), &expired, SaveMode::Replace)
+                .await
+                .unwrap();
         }
         let keys: Vec<StoreKey> = (0..8).map(|_| key()).collect();
         for k in &keys {

@@ -31,36 +31,36 @@ use crate::id::StoreKey;
 use crate::record::{Record, SaveMode, Timestamp};
 
 mod cache;
-mod lock;
 #[cfg(feature = "file")]
 mod file;
-mod memory;
+mod lock;
 #[cfg(feature = "memcached")]
 mod memcached;
-#[cfg(feature = "redis")]
-mod redis;
+mod memory;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use cache::CachingStore;
-pub use lock::{LocalLocks, Release, SessionLock};
 #[cfg(feature = "file")]
 pub use file::FileStore;
-pub use memory::MemoryStore;
+pub use lock::{LocalLocks, Release, SessionLock};
 #[cfg(feature = "memcached")]
 pub use memcached::MemcachedStore;
-#[cfg(feature = "redis")]
-pub use redis::RedisStore;
+pub use memory::MemoryStore;
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub use sql::InvalidTableName;
 #[cfg(feature = "sqlite")]

@@ -1,57 +1,4 @@
-//! Sessions in Redis, or in a Redis Cluster (feature `redis`).
-//!
-//! ```no_run
-//! use std::sync::Arc;
-//! use session_core::store::{RedisStore, Store};
-//!
-//! # async fn run() -> Result<(), session_core::StoreError> {
-//! // One server:
-//! let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
-//! // A cluster, given some of its nodes:
-//! let cluster = RedisStore::connect_cluster("redis+cluster://10.0.0.1:7001,10.0.0.2:7001")
-//!     .await?
-//!     .with_prefix("myapp:session:");
-//! let store: Arc<dyn Store> = Arc::new(store);
-//! # let _ = cluster;
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! # How a session is kept
-//!
-//! One session is one Redis **hash** under `PREFIX + store key` (the prefix is `session:` unless
-//! [`with_prefix`](RedisStore::with_prefix) says otherwise). Each session field is one hash
-//! field holding its JSON text, so a save that changed one field sends that field only.
-//! Two more hash fields hold the metadata, as decimal milliseconds since the Unix epoch:
-//! [`RedisStore::CREATED_FIELD`] (`"\0created"`) and [`RedisStore::EXPIRES_FIELD`]
-//! (`"\0expires"`). Their names start with a NUL byte, which no Rust identifier can, so they
-//! cannot clash with a field of a `#[derive(Session)]` struct; a write of a field whose name
-//! starts with NUL (only possible through `rename`) is refused with
-//! [`StoreError::Rejected`].
-//!
-//! Expiry is Redis's own: every write ends with `PEXPIREAT` to the record's `expires_at`, so
-//! Redis drops the session at its deadline and [`purge_expired`](Store::purge_expired) has
-//! nothing to do.
-//!
-//! | operation | what runs (atomically: each is one Lua script on one key) |
-//! |---|---|
-//! | `load` | `HGETALL key` |
-//! | `create` | `EXISTS key`; if absent `HSET key f v ...` + `PEXPIREAT key ms`; else nothing |
-//! | `save` (merge) | `HSET key` the changed fields and the metadata, `PEXPIREAT key ms` |
-//! | `save` (replace) | `DEL key`, `HSET key` every field and the metadata, `PEXPIREAT key ms` |
-//! | `touch` | if `EXISTS key`: `HSET key "\0expires" ms`, `PEXPIREAT key ms` |
-//! | `delete` | `DEL key` |
-//!
-//! Scripts are sent with `EVALSHA` (loaded on first use, on every node of a cluster). Each
-//! touches one key, so in a Redis Cluster a session lives in one slot and every script runs on
-//! the node that owns it.
-//!
-//! # Failures
-//!
-//! Every call returns within the store's [timeout](RedisStore::with_timeout) (3 s by default):
-//! a server that is down or does not answer gives a [`StoreError`], never a hang or a panic.
-//! The connection heals by itself: after the server comes back the next call reconnects.
-//! A call whose connection turns out to be broken is retried once on a fresh connection.
+//! Sessions in Redis, or in a Redis Cluster (feature `redis`): [`RedisStore`].
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -132,7 +79,61 @@ return 1",
 
 /// Sessions in Redis or Redis Cluster: a hash per session, partial writes, native expiry.
 ///
-/// See the [module docs](self) for the layout in Redis and the commands each operation sends.
+/// ```no_run
+/// use std::sync::Arc;
+/// use session_core::store::{RedisStore, Store};
+///
+/// # async fn run() -> Result<(), session_core::StoreError> {
+/// // One server:
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// // A cluster, given some of its nodes:
+/// let cluster = RedisStore::connect_cluster("redis+cluster://10.0.0.1:7001,10.0.0.2:7001")
+///     .await?
+///     .with_prefix("myapp:session:");
+/// let store: Arc<dyn Store> = Arc::new(store);
+/// # let _ = cluster;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # How a session is kept
+///
+/// One session is one Redis **hash** under `PREFIX + store key` (the prefix is `session:` unless
+/// [`with_prefix`](RedisStore::with_prefix) says otherwise). Each session field is one hash
+/// field holding its JSON text, so a save that changed one field sends that field only.
+/// Two more hash fields hold the metadata, as decimal milliseconds since the Unix epoch:
+/// [`RedisStore::CREATED_FIELD`] (`"\0created"`) and [`RedisStore::EXPIRES_FIELD`]
+/// (`"\0expires"`). Their names start with a NUL byte, which no Rust identifier can, so they
+/// cannot clash with a field of a `#[derive(Session)]` struct; a write of a field whose name
+/// starts with NUL (only possible through `rename`) is refused with
+/// [`StoreError::Rejected`].
+///
+/// Expiry is Redis's own: every write ends with `PEXPIREAT` to the record's `expires_at`, so
+/// Redis drops the session at its deadline and [`purge_expired`](Store::purge_expired) has
+/// nothing to do.
+///
+/// | operation | what runs (atomically: each is one Lua script on one key) |
+/// |---|---|
+/// | `load` | `HGETALL key` |
+/// | `create` | `EXISTS key`; if absent `HSET key f v ...` + `PEXPIREAT key ms`; else nothing |
+/// | `save` (merge) | `HSET key` the changed fields and the metadata, `PEXPIREAT key ms` |
+/// | `save` (replace) | `DEL key`, `HSET key` every field and the metadata, `PEXPIREAT key ms` |
+/// | `touch` | if `EXISTS key`: `HSET key "\0expires" ms`, `PEXPIREAT key ms` |
+/// | `delete` | `DEL key` |
+///
+/// Scripts are sent with `EVALSHA` (loaded on first use, on every node of a cluster). Each
+/// touches one key, so in a Redis Cluster a session lives in one slot and every script runs on
+/// the node that owns it.
+///
+/// # Failures
+///
+/// Every call returns within the store's [timeout](RedisStore::with_timeout) (3 s by default):
+/// a server that is down or does not answer gives a [`StoreError`], never a hang or a panic.
+/// The connection heals by itself: after the server comes back the next call reconnects.
+/// A call whose connection turns out to be broken is retried once on a fresh connection.
+///
+/// # Cloning
+///
 /// Cloning is cheap and clones share the connection.
 #[derive(Clone)]
 pub struct RedisStore {
