@@ -279,4 +279,6 @@ pub fn server_or_skip<T, E: std::fmt::Display>(what: &str, connected: Result<T, 
     }
 }
 
+pub mod cart;
+pub mod stores;
 pub mod wide;

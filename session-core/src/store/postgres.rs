@@ -42,7 +42,7 @@ use super::sql::{
     backend_error, decode_record, encode_fields, spawn_purge_task, to_sql, HasPurgeSlot,
     InvalidTableName, PurgeSlot, TableName, ACQUIRE_TIMEOUT, DEFAULT_PURGE_INTERVAL,
 };
-use super::{Store, StoreError};
+use super::{Release, SessionLock, Store, StoreError};
 use crate::id::StoreKey;
 use crate::record::{Record, SaveMode, Timestamp};
 
@@ -501,5 +501,69 @@ impl Store for PostgresStore {
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         self.inner.purge_expired().await
+    }
+
+    fn supports_locks(&self) -> bool {
+        true
+    }
+
+    /// A transaction-level advisory lock (`pg_try_advisory_xact_lock`) on a number derived
+    /// from the key, held in an open transaction until release. A waiting request does not
+    /// keep a connection: each try takes one from the pool and gives it back when the lock is
+    /// busy, with a growing pause (2 ms to 25 ms) between tries. If the holder's process
+    /// dies, its connection closes and the lock goes with it, so `lease` is not needed.
+    async fn lock(
+        &self,
+        key: &StoreKey,
+        _lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
+        let lock_id = advisory_lock_id(key);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let mut transaction = self
+                .inner
+                .pool()
+                .await?
+                .begin()
+                .await
+                .map_err(backend_error)?;
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(lock_id)
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(backend_error)?;
+            if taken {
+                return Ok(Some(SessionLock::new(PgUnlock { transaction })));
+            }
+            transaction.rollback().await.map_err(backend_error)?;
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+        }
+    }
+}
+
+/// The advisory lock number of a session: the first 60 bits of its (already hashed) key.
+fn advisory_lock_id(key: &StoreKey) -> i64 {
+    key.as_str()
+        .get(..15)
+        .and_then(|hex| i64::from_str_radix(hex, 16).ok())
+        .unwrap_or_default()
+}
+
+/// Ends the transaction that holds a session's advisory lock, which releases it.
+struct PgUnlock {
+    transaction: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+#[async_trait]
+impl Release for PgUnlock {
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        self.transaction.rollback().await.map_err(backend_error)
     }
 }

@@ -10,8 +10,8 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 use async_trait::async_trait;
 
-use super::{Store, StoreError};
-use crate::id::StoreKey;
+use super::{Release, SessionLock, Store, StoreError};
+use crate::id::{SessionId, StoreKey};
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 
 const DEFAULT_PREFIX: &str = "session:";
@@ -74,6 +74,16 @@ static TOUCH: LazyLock<Script> = LazyLock::new(|| {
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], ARGV[1])
 return 1",
+    )
+});
+
+/// `KEYS[1]` a session lock; `ARGV[1]` the holder's token. Deletes the lock only if that
+/// holder still has it, so a lock whose lease ran out and was taken by another request is
+/// left alone.
+static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0",
     )
 });
 
@@ -396,6 +406,56 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    fn supports_locks(&self) -> bool {
+        true
+    }
+
+    /// A lease lock: `SET <key>:lock TOKEN NX PX lease`, tried with a growing pause (2 ms to
+    /// 25 ms) until `wait` runs out, and released by a script that deletes the lock only if
+    /// it still holds this request's random token.
+    async fn lock(
+        &self,
+        key: &StoreKey,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
+        let lock_key = format!("{}:lock", self.redis_key(key));
+        let token = SessionId::generate()
+            .map_err(|e| StoreError::backend(format!("no randomness for a lock token: {e}")))?;
+        let token = token.as_str().to_owned();
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let mut command = ::redis::cmd("SET");
+            command
+                .arg(&lock_key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease_ms);
+            let command = &command;
+            let reply: Value = self
+                .call("lock", move |mut connection| async move {
+                    command.query_async(&mut connection).await
+                })
+                .await?;
+            if !matches!(reply, Value::Nil) {
+                return Ok(Some(SessionLock::new(RedisUnlock {
+                    store: self.clone(),
+                    lock_key,
+                    token,
+                })));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+        }
+    }
+
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
         let mut command = ::redis::cmd("DEL");
         command.arg(self.redis_key(key));
@@ -403,6 +463,29 @@ impl Store for RedisStore {
         let _removed: i64 = self
             .call("delete", move |mut connection| async move {
                 command.query_async(&mut connection).await
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Gives a Redis session lock back.
+struct RedisUnlock {
+    store: RedisStore,
+    lock_key: String,
+    token: String,
+}
+
+#[async_trait]
+impl Release for RedisUnlock {
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        let mut invocation = UNLOCK.prepare_invoke();
+        invocation.key(&self.lock_key).arg(&self.token);
+        let invocation = &invocation;
+        let _released: i64 = self
+            .store
+            .call("unlock", move |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
             })
             .await?;
         Ok(())
