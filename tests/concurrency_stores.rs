@@ -1,6 +1,14 @@
 //! Concurrent requests on one session against every store: 100 requests changing 100
 //! different fields lose nothing; with the per-session lock (memory, Redis, PostgreSQL),
 //! 100 concurrent appends to one field leave exactly 100 items.
+#![cfg(all(
+    feature = "file",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "memcached"
+))]
 
 mod common;
 

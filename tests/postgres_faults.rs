@@ -2,6 +2,8 @@
 //! error status, never a panic), the pool reconnects by itself, and no visit is lost or
 //! counted twice.
 
+#![cfg(feature = "postgres")]
+
 mod common;
 
 use std::sync::Arc;

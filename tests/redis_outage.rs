@@ -6,6 +6,8 @@
 //! fsynced on every write, so the data outlives the `SIGKILL` and the visitor's session goes
 //! on after the restart.
 
+#![cfg(feature = "redis")]
+
 mod common;
 
 use std::net::TcpListener;

@@ -1,6 +1,8 @@
 //! Sessions on the file store survive a restart of the app: a new store on the same folder
 //! and a new app with the same key carry on where the old ones stopped.
 
+#![cfg(feature = "file")]
+
 mod common;
 
 use std::path::Path;

@@ -5,6 +5,8 @@
 //! The app is `examples/counter.rs`, built by the test with `cargo build --example counter`
 //! into the target directory the test itself runs from.
 
+#![cfg(feature = "redis")]
+
 mod common;
 
 use std::net::TcpListener;

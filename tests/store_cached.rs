@@ -2,6 +2,8 @@
 //! (`SESSION_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`): the two-tier store must keep
 //! the same contract as the store behind it.
 
+#![cfg(feature = "redis")]
+
 mod common;
 
 use session_core::store::{CachingStore, RedisStore};

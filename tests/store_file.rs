@@ -1,6 +1,8 @@
 //! The store conformance suite against the file store, and what is particular to files:
 //! atomic writes, corrupt and stray files, the reaper, and writers sharing one folder.
 
+#![cfg(feature = "file")]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -3,6 +3,8 @@
 //! 1 MB record needs the server started with `-I 2m` or more, as `.ci/cluster-and-memcached`
 //! does).
 
+#![cfg(feature = "memcached")]
+
 mod common;
 
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! The store conformance suite, and what is particular to Redis, against one Redis server
 //! (`SESSION_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`).
 
+#![cfg(feature = "redis")]
+
 mod common;
 
 use std::time::{Duration, Instant};

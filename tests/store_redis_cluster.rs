@@ -3,6 +3,8 @@
 //! `redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003`; `.ci/cluster-and-memcached`
 //! starts one).
 
+#![cfg(feature = "redis")]
+
 mod common;
 
 use std::collections::HashSet;

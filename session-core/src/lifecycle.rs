@@ -329,7 +329,7 @@ impl RequestState {
     async fn persist(&self, explicit: bool) -> Result<(), SessionError> {
         let config = &*self.config;
         let now = Timestamp::now();
-        let plan = {
+        let (write, old_id) = {
             let mut inner = self.lock();
             if let Some(error) = inner.encode_error.take() {
                 return Err(SessionError::Encode(error));
@@ -349,66 +349,70 @@ impl RequestState {
                 return Ok(());
             }
             let created = inner.record.as_ref().map_or(now, |r| r.created_at);
-            let deadline = self.deadline(created, now);
-            let pending = mem::take(&mut inner.pending);
-            let mut whole = match (&inner.record, inner.replace) {
-                (Some(record), false) => record.clone(),
-                _ => Record::default(),
+            let write = Record {
+                fields: mem::take(&mut inner.pending),
+                created_at: created,
+                expires_at: self.deadline(created, now),
             };
-            whole
-                .fields
-                .extend(pending.iter().map(|(k, v)| (k.clone(), v.clone())));
-            whole.created_at = created;
-            whole.expires_at = deadline;
-            let size = whole.encoded_len();
+            let stored_id = inner.record.as_ref().and(inner.id);
+            let (write, size) = match (inner.record.as_ref(), stored_id) {
+                // The common case: changed fields of a stored session, sent on their own.
+                (Some(record), Some(id))
+                    if !inner.replace && !inner.regenerate && !write.fields.is_empty() =>
+                {
+                    let size = merged_len(record, &write.fields);
+                    (Write::Merge(id, write), size)
+                }
+                // Everything else writes the whole record: new, regenerated, cleared, or
+                // rewritten unchanged under `resave`.
+                (record, _) => {
+                    let mut whole = match record {
+                        Some(record) if !inner.replace => record.fields.clone(),
+                        _ => Fields::new(),
+                    };
+                    whole.extend(write.fields);
+                    let whole = Record {
+                        fields: whole,
+                        ..write
+                    };
+                    let size = whole.encoded_len();
+                    let write = match stored_id {
+                        Some(id) if !inner.regenerate => Write::Replace(id, whole),
+                        _ => Write::Create(whole),
+                    };
+                    (write, size)
+                }
+            };
             if size > config.max_record_bytes {
-                inner.pending = pending;
+                if let Write::Merge(_, changes) = write {
+                    inner.pending = changes.fields;
+                }
                 return Err(SessionError::TooLarge {
                     size,
                     limit: config.max_record_bytes,
                 });
             }
-            let fresh_id = inner.regenerate || !stored;
-            let old_id = if stored { inner.id } else { None };
-            let partial = Record {
-                fields: pending,
-                created_at: created,
-                expires_at: deadline,
-            };
-            Plan {
-                fresh_id,
-                old_id,
-                replace: inner.replace,
-                whole,
-                partial,
-            }
+            (write, stored_id)
         };
 
-        let new_id = if plan.fresh_id {
-            let id = self.create(&plan.whole).await?;
-            if let Some(old) = plan.old_id {
-                self.call(config.store.delete(&old.store_key())).await?;
+        let new_id = match &write {
+            Write::Create(whole) => {
+                let id = self.create(whole).await?;
+                if let Some(old) = old_id {
+                    self.call(config.store.delete(&old.store_key())).await?;
+                }
+                Some(id)
             }
-            Some(id)
-        } else if let Some(id) = plan.old_id {
-            if plan.replace || !explicit && config.resave && plan.partial.fields.is_empty() {
-                self.call(
-                    config
-                        .store
-                        .save(&id.store_key(), &plan.whole, SaveMode::Replace),
-                )
-                .await?;
-            } else {
-                self.call(
-                    config
-                        .store
-                        .save(&id.store_key(), &plan.partial, SaveMode::Merge),
-                )
-                .await?;
+            Write::Replace(id, whole) => {
+                self.call(config.store.save(&id.store_key(), whole, SaveMode::Replace))
+                    .await?;
+                None
             }
-            None
-        } else {
-            None
+            Write::Merge(id, changes) => {
+                self.call(config.store.save(&id.store_key(), changes, SaveMode::Merge))
+                    .await?;
+                None
+            }
         };
 
         let mut inner = self.lock();
@@ -416,7 +420,14 @@ impl RequestState {
             inner.id = Some(id);
             inner.id_issued = true;
         }
-        inner.record = Some(plan.whole);
+        match write {
+            Write::Merge(_, changes) => {
+                if let Some(record) = inner.record.as_mut() {
+                    record.apply(&changes, SaveMode::Merge);
+                }
+            }
+            Write::Create(whole) | Write::Replace(_, whole) => inner.record = Some(whole),
+        }
         inner.replace = false;
         inner.regenerate = false;
         inner.saved = true;
@@ -469,12 +480,26 @@ impl RequestState {
     }
 }
 
-struct Plan {
-    fresh_id: bool,
-    old_id: Option<SessionId>,
-    replace: bool,
-    whole: Record,
-    partial: Record,
+/// One write of the session.
+enum Write {
+    /// Store the whole record under a fresh id (new or regenerated session).
+    Create(Record),
+    /// Overwrite the whole record stored under this id.
+    Replace(SessionId, Record),
+    /// Write only these fields over the record stored under this id.
+    Merge(SessionId, Record),
+}
+
+/// The encoded size of `record` once `changes` are written over it.
+fn merged_len(record: &Record, changes: &Fields) -> usize {
+    let mut size = record.encoded_len();
+    for (name, value) in changes {
+        match record.fields.get(name) {
+            Some(old) => size = size - old.len() + value.len(),
+            None => size += name.len() + value.len(),
+        }
+    }
+    size
 }
 
 impl Inner {

@@ -280,5 +280,13 @@ pub fn server_or_skip<T, E: std::fmt::Display>(what: &str, connected: Result<T, 
 }
 
 pub mod cart;
+#[cfg(all(
+    feature = "file",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "memcached"
+))]
 pub mod stores;
 pub mod wide;
