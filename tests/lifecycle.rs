@@ -613,7 +613,8 @@ async fn oversized_session_is_refused_with_an_error() {
     let app = app_with(layer(MemoryStore::new()).with_max_record_bytes(64));
     let long = "x".repeat(100);
     let reply = send(&app, get_req(&format!("/tag?t={long}"), None)).await;
-    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.body, "session too large");
     assert!(reply.set_cookies().is_empty());
 }
 

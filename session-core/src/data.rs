@@ -115,9 +115,14 @@ pub fn decode_field<F: DeserializeOwned>(
             value
         }
         Err(error) => {
+            // Not `%error`: serde_json's message quotes a string value in full, which would
+            // copy session data (of any size) into the log.
             tracing::warn!(
                 field = key,
-                %error,
+                expected = std::any::type_name::<F>(),
+                kind = ?error.classify(),
+                line = error.line(),
+                column = error.column(),
                 "stored session field does not decode; using its default and keeping the stored value until it is written"
             );
             default()

@@ -151,7 +151,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// - a field decodes to what `serde_json` says, or to its default when it does not decode;
 /// - a field touched but not changed is written only if it decoded (a stored value that does
 ///   not decode is kept until the application writes the field), and what is written decodes
-///   back to the same value;
+///   back to the same value (floats within 2 ULP while serde_json's `float_roundtrip` feature
+///   is off);
 /// - an untouched view writes nothing.
 pub fn field(bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
@@ -391,7 +392,8 @@ mod file {
         })
     }
 
-    /// The folder [`file_record`] keeps its one record file in (created on first use).
+    /// The folder [`file_record`] keeps its one record file in, under the system's temporary
+    /// directory and named after the process (created on first use). Remove it when done.
     pub fn file_record_dir() -> PathBuf {
         harness().store.dir().to_path_buf()
     }
@@ -410,7 +412,12 @@ mod file {
     /// Not for use inside a Tokio runtime (it blocks on its own).
     pub fn file_record(bytes: &[u8]) {
         let h = harness();
-        std::fs::write(&h.path, bytes).expect("write the record file");
+        if let Err(error) = std::fs::write(&h.path, bytes) {
+            // The folder was removed under us (by a cleanup): make it again.
+            assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+            std::fs::create_dir_all(h.store.dir()).expect("recreate the folder");
+            std::fs::write(&h.path, bytes).expect("write the record file");
+        }
         let before = Timestamp::now();
         let loaded = h.runtime.block_on(h.store.load(&h.key));
         let deadline = match &loaded {

@@ -164,7 +164,8 @@ impl SessionLayer {
     }
 
     /// The largest encoded session, in bytes; a save over it fails with
-    /// [`SessionError::TooLarge`]. Default: 1 MiB.
+    /// [`SessionError::TooLarge`] and the response is `413 Payload Too Large` (the stored
+    /// session is left as it was). Default: 1 MiB.
     pub fn with_max_record_bytes(self, limit: usize) -> Self {
         self.edit(|c| c.max_record_bytes = limit)
     }
@@ -383,10 +384,13 @@ pub(crate) fn error_response(config: &Config, error: &SessionError) -> Response 
         SessionError::MissingLayer | SessionError::AlreadyExtracted => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
+        // A client can grow its own session (a cart, say): that is its request's fault.
+        SessionError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::from_u16(config.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
     };
     let body = match status {
         StatusCode::SERVICE_UNAVAILABLE => "session store unavailable",
+        StatusCode::PAYLOAD_TOO_LARGE => "session too large",
         _ => "session error",
     };
     (status, Body::from(body)).into_response()

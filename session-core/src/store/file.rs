@@ -718,6 +718,11 @@ fn decode(bytes: &[u8]) -> Result<Record, String> {
     };
     let created_at = time("created_at")?;
     let expires_at = time("expires_at")?;
+    // The reaper reads the deadline from the first bytes; a file whose parsed deadline says
+    // otherwise (a repeated key, written by something else) is not one of ours.
+    if peek_expiry(bytes).is_some_and(|head| head != expires_at) {
+        return Err("`expires_at` is given twice with different values".to_owned());
+    }
     let Some(Value::Object(encoded)) = object.remove("fields") else {
         return Err("`fields` is missing or not an object".to_owned());
     };
