@@ -53,7 +53,11 @@ async fn killed_connections_are_replaced_and_no_visit_is_lost() {
                 counted += 1;
                 assert_eq!(reply.body, format!("You visited {counted} times"));
                 if let Some(since) = last_failure.take() {
-                    recovered_after = Some(recovered_after.unwrap_or(Duration::ZERO).max(since.elapsed()));
+                    recovered_after = Some(
+                        recovered_after
+                            .unwrap_or(Duration::ZERO)
+                            .max(since.elapsed()),
+                    );
                 }
             }
             500 => failures += 1,
@@ -63,6 +67,9 @@ async fn killed_connections_are_replaced_and_no_visit_is_lost() {
     println!(
         "postgres faults: {counted} visits counted, {failures} requests failed, worst recovery {recovered_after:?}"
     );
-    assert!(counted > 150, "the store came back after each kill ({counted} of 201 counted)");
+    assert!(
+        counted > 150,
+        "the store came back after each kill ({counted} of 201 counted)"
+    );
     assert_eq!(client.get("/peek").await.body, format!("views: {counted}"));
 }

@@ -72,4 +72,3 @@ pub async fn session_with_one_item(app: &Router) -> String {
     client.get("/add").await;
     client.cookie.clone().unwrap()
 }
-

@@ -31,7 +31,10 @@ pub async fn sqlite() -> Option<Arc<dyn Store>> {
 }
 
 pub async fn postgres() -> Option<Arc<dyn Store>> {
-    let url = env_or("SESSION_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test");
+    let url = env_or(
+        "SESSION_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+    );
     let store = server_or_skip("PostgreSQL", PostgresStore::connect(&url).await)?;
     Some(Arc::new(store))
 }
