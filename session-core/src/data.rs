@@ -149,8 +149,24 @@ pub fn collect_field<F: Serialize>(
     }
     let encoded: Arc<str> = Arc::from(encoded);
     state.baseline = Some(encoded.clone());
-    out.insert(Arc::from(key), encoded);
+    out.insert(field_name(key), encoded);
     Ok(true)
+}
+
+/// One shared `Arc<str>` per field name and thread, so stored records share their field
+/// names instead of each holding copies.
+fn field_name(key: &'static str) -> Arc<str> {
+    thread_local! {
+        static NAMES: std::cell::RefCell<std::collections::HashMap<&'static str, Arc<str>>> =
+            std::cell::RefCell::default();
+    }
+    NAMES.with(|names| {
+        names
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| Arc::from(key))
+            .clone()
+    })
 }
 
 /// Compile-time check that a field type can be stored; generated code calls it with the

@@ -2,7 +2,9 @@
 
 use axum_core::extract::FromRequestParts;
 use axum_core::response::{IntoResponse, Response};
+use http::header::COOKIE;
 use http::request::Parts;
+use http::HeaderValue;
 use http::StatusCode;
 
 use crate::data::SessionData;
@@ -31,7 +33,12 @@ where
                 error,
             }
         };
-        state.load().await.map_err(reject)?;
+        let cookies = parts
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes);
+        state.load(cookies).await.map_err(reject)?;
         let view = state.check_out::<T::View>().map_err(reject)?;
         Ok(Session::new(view, state))
     }

@@ -58,14 +58,17 @@ impl SessionId {
 
     /// The key under which stores keep this session.
     pub fn store_key(&self) -> StoreKey {
-        let digest = Sha256::digest(self.0);
-        let mut key = [0u8; 64];
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (i, byte) in digest.iter().enumerate() {
-            key[2 * i] = HEX[usize::from(byte >> 4)];
-            key[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
-        }
-        StoreKey(key)
+        StoreKey::from_digest(&Sha256::digest(self.0).into())
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_value(byte: u8) -> u8 {
+    match byte {
+        b'0'..=b'9' => byte - b'0',
+        b'a'..=b'f' => byte - b'a' + 10,
+        _ => 0,
     }
 }
 
@@ -85,6 +88,25 @@ impl StoreKey {
     /// The key as text (64 lowercase hex characters).
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The 32 bytes of the digest.
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(self.0.chunks_exact(2)) {
+            *byte = hex_value(pair[0]) << 4 | hex_value(pair[1]);
+        }
+        out
+    }
+
+    /// The key of a digest.
+    pub(crate) fn from_digest(digest: &[u8; 32]) -> Self {
+        let mut key = [0u8; 64];
+        for (i, byte) in digest.iter().enumerate() {
+            key[2 * i] = HEX[usize::from(byte >> 4)];
+            key[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+        }
+        Self(key)
     }
 
     /// Parses a key previously produced by [`StoreKey::as_str`].
@@ -151,5 +173,6 @@ mod tests {
         assert!(!key.as_str().contains(id.as_str()));
         assert_eq!(key, id.store_key());
         assert_eq!(StoreKey::parse(key.as_str()), Some(key));
+        assert_eq!(StoreKey::from_digest(&key.digest()), key);
     }
 }

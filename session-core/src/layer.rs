@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum_core::body::Body;
 use axum_core::response::{IntoResponse, Response};
 use cookie::time::OffsetDateTime;
-use http::header::{COOKIE, SET_COOKIE};
+use http::header::SET_COOKIE;
 use http::{HeaderValue, Request, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -283,16 +283,8 @@ where
         if !path_matches(request.uri().path(), &config.path) {
             return Box::pin(self.inner.call(request));
         }
-        let lookup = config.keys.find(
-            &config.cookie_name,
-            request
-                .headers()
-                .get_all(COOKIE)
-                .iter()
-                .map(HeaderValue::as_bytes),
-        );
         let secure = is_secure(&request, config.trust_proxy);
-        let state = Arc::new(RequestState::new(config.clone(), lookup, secure));
+        let state = Arc::new(RequestState::new(config.clone(), secure));
         request
             .extensions_mut()
             .insert(SessionHandle(state.clone()));

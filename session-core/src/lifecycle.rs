@@ -27,7 +27,7 @@ use crate::config::{Config, Secure};
 use crate::cookie::CookieLookup;
 use crate::data::SessionView;
 use crate::error::SessionError;
-use crate::id::SessionId;
+use crate::id::{SessionId, StoreKey};
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 use crate::store::{SessionLock, StoreError};
 
@@ -37,7 +37,6 @@ const CREATE_ATTEMPTS: usize = 4;
 /// The session state of one request.
 pub(crate) struct RequestState {
     pub(crate) config: Arc<Config>,
-    lookup: CookieLookup,
     secure_request: bool,
     inner: Mutex<Inner>,
 }
@@ -54,6 +53,11 @@ struct Inner {
     id: Option<SessionId>,
     /// The record as stored under `id` (after this request's own writes).
     record: Option<Record>,
+    /// The last id hashed into a store key, and its key.
+    key_memo: Option<(SessionId, StoreKey)>,
+    /// What the request's cookies say, once looked at.
+    lookup: CookieLookup,
+    looked_up: bool,
     /// The request's cookie named a live record.
     existed: bool,
     /// The per-session lock, while held.
@@ -88,10 +92,9 @@ pub(crate) enum CookieAction {
 }
 
 impl RequestState {
-    pub(crate) fn new(config: Arc<Config>, lookup: CookieLookup, secure_request: bool) -> Self {
+    pub(crate) fn new(config: Arc<Config>, secure_request: bool) -> Self {
         Self {
             config,
-            lookup,
             secure_request,
             inner: Mutex::new(Inner::default()),
         }
@@ -135,6 +138,19 @@ impl RequestState {
                 .is_none_or(|absolute| record.created_at.saturating_add(absolute) > now)
     }
 
+    /// The store key of `id`, hashed once per request and id.
+    fn store_key(&self, id: SessionId) -> StoreKey {
+        let mut inner = self.lock();
+        match inner.key_memo {
+            Some((memo_id, key)) if memo_id == id => key,
+            _ => {
+                let key = id.store_key();
+                inner.key_memo = Some((id, key));
+                key
+            }
+        }
+    }
+
     /// Runs a store call under the configured timeout.
     async fn call<T>(
         &self,
@@ -148,28 +164,46 @@ impl RequestState {
         }
     }
 
-    /// Reads the cookie's session from the store, once per request, taking its lock first
-    /// when per-session locks are on.
-    pub(crate) async fn load(&self) -> Result<(), SessionError> {
-        let Some(id) = self.lookup.id else {
-            self.lock().loaded = true;
-            return Ok(());
+    /// Finds the session cookie among the request's `Cookie` header values and reads its
+    /// session from the store, once per request, taking its lock first when per-session
+    /// locks are on. Cookies are verified here, on first extraction, so requests whose
+    /// handler never takes the session pay nothing for them.
+    pub(crate) async fn load<'h>(
+        &self,
+        cookie_headers: impl IntoIterator<Item = &'h [u8]>,
+    ) -> Result<(), SessionError> {
+        let id = {
+            let mut inner = self.lock();
+            if inner.loaded {
+                return Ok(());
+            }
+            if !inner.looked_up {
+                inner.lookup = self
+                    .config
+                    .keys
+                    .find(&self.config.cookie_name, cookie_headers);
+                inner.looked_up = true;
+            }
+            match inner.lookup.id {
+                Some(id) => id,
+                None => {
+                    inner.loaded = true;
+                    return Ok(());
+                }
+            }
         };
-        if self.lock().loaded {
-            return Ok(());
-        }
         if let Some(lock) = self.config.lock {
             let held = self
                 .call(
                     self.config
                         .store
-                        .lock(&id.store_key(), lock.lease, lock.wait),
+                        .lock(&self.store_key(id), lock.lease, lock.wait),
                 )
                 .await?
                 .ok_or(SessionError::LockTimeout(lock.wait))?;
             self.lock().held = Some(held);
         }
-        let record = match self.call(self.config.store.load(&id.store_key())).await {
+        let record = match self.call(self.config.store.load(&self.store_key(id))).await {
             Ok(record) => record,
             // An unreadable record is left as it is (nothing stored is destroyed) and the
             // visitor starts a new session under a fresh id.
@@ -245,7 +279,9 @@ impl RequestState {
             inner.record.as_ref().and(inner.id)
         };
         if let Some(id) = id {
-            let record = self.call(self.config.store.load(&id.store_key())).await?;
+            let record = self
+                .call(self.config.store.load(&self.store_key(id)))
+                .await?;
             let record = record.filter(|r| self.is_live(r, Timestamp::now()));
             let mut inner = self.lock();
             if record.is_none() {
@@ -289,12 +325,13 @@ impl RequestState {
         };
         if destroy {
             if let (Some(id), true) = (id, stored) {
-                self.call(self.config.store.delete(&id.store_key())).await?;
+                self.call(self.config.store.delete(&self.store_key(id)))
+                    .await?;
             }
             let mut inner = self.lock();
             inner.record = None;
             inner.id = None;
-            let sent_cookie = self.lookup.present || inner.id_issued;
+            let sent_cookie = inner.lookup.present || inner.id_issued;
             return Ok(if sent_cookie && self.can_set_cookie() {
                 CookieAction::Clear
             } else {
@@ -316,7 +353,7 @@ impl RequestState {
         } else {
             self.config.rolling
                 || (self.config.max_age.is_some() && inner.modified)
-                || self.lookup.old_key
+                || inner.lookup.old_key
         };
         Ok(if send && self.can_set_cookie() {
             CookieAction::Set(id)
@@ -399,18 +436,26 @@ impl RequestState {
             Write::Create(whole) => {
                 let id = self.create(whole).await?;
                 if let Some(old) = old_id {
-                    self.call(config.store.delete(&old.store_key())).await?;
+                    self.call(config.store.delete(&self.store_key(old))).await?;
                 }
                 Some(id)
             }
             Write::Replace(id, whole) => {
-                self.call(config.store.save(&id.store_key(), whole, SaveMode::Replace))
-                    .await?;
+                self.call(
+                    config
+                        .store
+                        .save(&self.store_key(*id), whole, SaveMode::Replace),
+                )
+                .await?;
                 None
             }
             Write::Merge(id, changes) => {
-                self.call(config.store.save(&id.store_key(), changes, SaveMode::Merge))
-                    .await?;
+                self.call(
+                    config
+                        .store
+                        .save(&self.store_key(*id), changes, SaveMode::Merge),
+                )
+                .await?;
                 None
             }
         };
@@ -471,7 +516,7 @@ impl RequestState {
             }
             (id, deadline)
         };
-        self.call(self.config.store.touch(&id.store_key(), deadline))
+        self.call(self.config.store.touch(&self.store_key(id), deadline))
             .await?;
         if let Some(record) = self.lock().record.as_mut() {
             record.expires_at = deadline;

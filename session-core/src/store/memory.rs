@@ -9,13 +9,72 @@ use async_trait::async_trait;
 
 use super::{LocalLocks, SessionLock, Store, StoreError};
 use crate::id::StoreKey;
-use crate::record::{Record, SaveMode, Timestamp};
+use crate::record::{Fields, Record, SaveMode, Timestamp};
 
 const SHARDS: usize = 64;
 const DEFAULT_CAPACITY: usize = 100_000;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// When the store is full, one pass over a shard evicts this fraction of it, so the cost of
+/// the pass is spread over many inserts.
+const EVICT_FRACTION: usize = 16;
 
-type Shard = HashMap<StoreKey, Record>;
+/// A record as the memory store keeps it: fields in a sorted slice rather than a map (a map
+/// node has room for eleven entries; a session usually has a few), keyed by the raw digest.
+struct Stored {
+    fields: Box<[(Arc<str>, Arc<str>)]>,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+}
+
+impl Stored {
+    fn new(record: &Record) -> Self {
+        Self {
+            fields: record
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+        }
+    }
+
+    fn to_record(&self) -> Record {
+        Record {
+            fields: self.fields.iter().cloned().collect::<Fields>(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+
+    fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at <= now
+    }
+
+    /// Writes `write` over this record as `mode` says.
+    fn apply(&mut self, write: &Record, mode: SaveMode) {
+        if mode == SaveMode::Replace {
+            *self = Self::new(write);
+            return;
+        }
+        // Both sides are sorted by name: merge them, the write winning on equal names.
+        let mut merged = Vec::with_capacity(self.fields.len() + write.fields.len());
+        let mut old = self.fields.iter().peekable();
+        for (name, value) in &write.fields {
+            while let Some(entry) = old.next_if(|(n, _)| n < name) {
+                merged.push(entry.clone());
+            }
+            old.next_if(|(n, _)| n == name);
+            merged.push((name.clone(), value.clone()));
+        }
+        merged.extend(old.cloned());
+        self.fields = merged.into_boxed_slice();
+        self.created_at = write.created_at;
+        self.expires_at = write.expires_at;
+    }
+}
+
+type Shard = HashMap<[u8; 32], Stored>;
 
 /// Sessions kept in this process's memory: the default store.
 ///
@@ -26,11 +85,11 @@ type Shard = HashMap<StoreKey, Record>;
 ///   expired records every minute, or as [`with_sweep_interval`](Self::with_sweep_interval)
 ///   says. It stops when the last clone of the store is dropped.
 /// - **Bounded**: at most [`with_capacity`](Self::with_capacity) records (100 000 by
-///   default). When a shard is full, expired records go first, then the record closest to
-///   expiry, so a flood of new sessions cannot grow memory without limit.
-///
-/// - **Locks**: per-session locks ([`with_session_lock`](crate::SessionLayer::with_session_lock))
-///   are held in process.
+///   default). When the store is full, a new record first clears the expired ones out of its
+///   shard, and if that is not enough evicts the sixteenth of the shard closest to expiry, so
+///   a flood of new sessions cannot grow memory without limit.
+/// - **Locks**: per-session locks
+///   ([`with_session_lock`](crate::SessionLayer::with_session_lock)) are held in process.
 ///
 /// Records are lost when the process exits; use a persistent store in production.
 #[derive(Clone)]
@@ -41,7 +100,9 @@ pub struct MemoryStore {
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
     locks: LocalLocks,
-    capacity_per_shard: usize,
+    capacity: usize,
+    /// Records held, expired ones not yet removed included.
+    len: AtomicUsize,
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
     evictions: AtomicUsize,
@@ -53,8 +114,7 @@ impl MemoryStore {
         Self::build(DEFAULT_CAPACITY, DEFAULT_SWEEP_INTERVAL)
     }
 
-    /// Sets the most sessions the store holds (rounded up to a multiple of 64). Drops what
-    /// the store held before.
+    /// Sets the most sessions the store holds. Drops what the store held before.
     #[must_use]
     pub fn with_capacity(self, capacity: usize) -> Self {
         Self::build(capacity, self.inner.sweep_interval)
@@ -63,8 +123,7 @@ impl MemoryStore {
     /// Sets how often expired records are swept. Drops what the store held before.
     #[must_use]
     pub fn with_sweep_interval(self, interval: Duration) -> Self {
-        let capacity = self.inner.capacity_per_shard * SHARDS;
-        Self::build(capacity, interval)
+        Self::build(self.inner.capacity, interval)
     }
 
     fn build(capacity: usize, sweep_interval: Duration) -> Self {
@@ -73,7 +132,8 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 shards,
                 locks: LocalLocks::new(),
-                capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
+                capacity: capacity.max(1),
+                len: AtomicUsize::new(0),
                 sweep_interval: sweep_interval.max(Duration::from_millis(10)),
                 sweeper_started: AtomicBool::new(false),
                 evictions: AtomicUsize::new(0),
@@ -83,7 +143,7 @@ impl MemoryStore {
 
     /// How many records the store holds, expired ones not yet swept included.
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).len()).sum()
+        self.inner.len.load(Ordering::Relaxed)
     }
 
     /// Whether the store holds no records.
@@ -100,29 +160,45 @@ impl MemoryStore {
         lock(&self.inner.shards[shard_index(key, SHARDS)])
     }
 
-    /// Makes room for one more record in a full shard.
+    /// Inserts a record for a key the shard does not hold, making room first if the store
+    /// is full.
+    fn insert_new(&self, shard: &mut Shard, key: [u8; 32], stored: Stored, now: Timestamp) {
+        if self.inner.len.load(Ordering::Relaxed) >= self.inner.capacity {
+            self.make_room(shard, now);
+        }
+        shard.insert(key, stored);
+        self.inner.len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Removes `key` from the shard, keeping the count right.
+    fn remove(&self, shard: &mut Shard, key: &[u8; 32]) {
+        if shard.remove(key).is_some() {
+            self.inner.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     fn make_room(&self, shard: &mut Shard, now: Timestamp) {
-        if shard.len() < self.inner.capacity_per_shard {
-            return;
-        }
-        shard.retain(|_, record| !record.is_expired(now));
-        if shard.len() < self.inner.capacity_per_shard {
-            return;
-        }
-        let soonest = shard
-            .iter()
-            .min_by_key(|(_, record)| record.expires_at)
-            .map(|(key, _)| *key);
-        if let Some(key) = soonest {
-            shard.remove(&key);
-            let evicted = self.inner.evictions.fetch_add(1, Ordering::Relaxed);
+        let before = shard.len();
+        shard.retain(|_, stored| !stored.is_expired(now));
+        let mut removed = before - shard.len();
+        if removed == 0 && !shard.is_empty() {
+            let batch = (shard.len() / EVICT_FRACTION).max(1);
+            let mut by_expiry: Vec<(Timestamp, [u8; 32])> =
+                shard.iter().map(|(k, s)| (s.expires_at, *k)).collect();
+            by_expiry.select_nth_unstable(batch - 1);
+            for (_, key) in &by_expiry[..batch] {
+                shard.remove(key);
+            }
+            removed = batch;
+            let evicted = self.inner.evictions.fetch_add(batch, Ordering::Relaxed);
             if evicted == 0 {
                 tracing::warn!(
-                    capacity = self.inner.capacity_per_shard * SHARDS,
+                    capacity = self.inner.capacity,
                     "memory session store is full; evicting the sessions closest to expiry"
                 );
             }
         }
+        self.inner.len.fetch_sub(removed, Ordering::Relaxed);
     }
 
     fn start_sweeper(&self) {
@@ -146,12 +222,26 @@ impl MemoryStore {
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
-                let removed = sweep(&inner.shards, Timestamp::now());
+                let removed = inner.sweep(Timestamp::now());
                 if removed > 0 {
                     tracing::debug!(removed, "swept expired sessions from memory");
                 }
             }
         });
+    }
+}
+
+impl Inner {
+    fn sweep(&self, now: Timestamp) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let before = shard.len();
+            shard.retain(|_, stored| !stored.is_expired(now));
+            removed += before - shard.len();
+        }
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        removed
     }
 }
 
@@ -164,21 +254,11 @@ impl Default for MemoryStore {
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("capacity", &(self.inner.capacity_per_shard * SHARDS))
+            .field("capacity", &self.inner.capacity)
+            .field("len", &self.len())
             .field("sweep_interval", &self.inner.sweep_interval)
             .finish_non_exhaustive()
     }
-}
-
-fn sweep(shards: &[Mutex<Shard>], now: Timestamp) -> usize {
-    let mut removed = 0;
-    for shard in shards {
-        let mut shard = lock(shard);
-        let before = shard.len();
-        shard.retain(|_, record| !record.is_expired(now));
-        removed += before - shard.len();
-    }
-    removed
 }
 
 /// Which of `shards` holds `key`. The key is a hex SHA-256 digest, so its first characters
@@ -208,11 +288,12 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl Store for MemoryStore {
     async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let now = Timestamp::now();
+        let digest = key.digest();
         let mut shard = self.shard(key);
-        match shard.get(key) {
-            Some(record) if !record.is_expired(now) => Ok(Some(record.clone())),
+        match shard.get(&digest) {
+            Some(stored) if !stored.is_expired(now) => Ok(Some(stored.to_record())),
             Some(_) => {
-                shard.remove(key);
+                self.remove(&mut shard, &digest);
                 Ok(None)
             }
             None => Ok(None),
@@ -222,14 +303,19 @@ impl Store for MemoryStore {
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
         self.start_sweeper();
         let now = Timestamp::now();
+        let digest = key.digest();
         let mut shard = self.shard(key);
-        if shard.get(key).is_some_and(|r| !r.is_expired(now)) {
-            return Ok(false);
+        match shard.get_mut(&digest) {
+            Some(stored) if !stored.is_expired(now) => Ok(false),
+            Some(stored) => {
+                *stored = Stored::new(record);
+                Ok(true)
+            }
+            None => {
+                self.insert_new(&mut shard, digest, Stored::new(record), now);
+                Ok(true)
+            }
         }
-        shard.remove(key);
-        self.make_room(&mut shard, now);
-        shard.insert(*key, record.clone());
-        Ok(true)
     }
 
     async fn save(
@@ -240,21 +326,19 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         self.start_sweeper();
         let now = Timestamp::now();
+        let digest = key.digest();
         let mut shard = self.shard(key);
-        match shard.get_mut(key) {
+        match shard.get_mut(&digest) {
             Some(stored) if !stored.is_expired(now) => stored.apply(record, mode),
-            _ => {
-                shard.remove(key);
-                self.make_room(&mut shard, now);
-                shard.insert(*key, record.clone());
-            }
+            Some(stored) => *stored = Stored::new(record),
+            None => self.insert_new(&mut shard, digest, Stored::new(record), now),
         }
         Ok(())
     }
 
     async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
         let now = Timestamp::now();
-        if let Some(stored) = self.shard(key).get_mut(key) {
+        if let Some(stored) = self.shard(key).get_mut(&key.digest()) {
             if !stored.is_expired(now) {
                 stored.expires_at = expires_at;
             }
@@ -263,12 +347,13 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
-        self.shard(key).remove(key);
+        let digest = key.digest();
+        self.remove(&mut self.shard(key), &digest);
         Ok(())
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
-        Ok(sweep(&self.inner.shards, Timestamp::now()) as u64)
+        Ok(self.inner.sweep(Timestamp::now()) as u64)
     }
 
     fn supports_locks(&self) -> bool {
@@ -301,17 +386,52 @@ mod tests {
 
     #[tokio::test]
     async fn capacity_bounds_the_number_of_records() {
-        let store = MemoryStore::new().with_capacity(SHARDS * 2);
-        for _ in 0..SHARDS * 20 {
+        let store = MemoryStore::new().with_capacity(500);
+        for _ in 0..5_000 {
             assert!(store.create(&key(), &live()).await.unwrap());
         }
-        assert!(store.len() <= SHARDS * 2, "len = {}", store.len());
-        assert!(store.evictions() > 0);
+        assert!(store.len() <= 500, "len = {}", store.len());
+        let held: usize = store.inner.shards.iter().map(|s| lock(s).len()).sum();
+        assert_eq!(held, store.len(), "the count matches the shards");
+        assert!(store.evictions() >= 4_500);
+    }
+
+    #[tokio::test]
+    async fn the_store_fills_to_its_capacity_before_evicting() {
+        let store = MemoryStore::new().with_capacity(1_000);
+        for _ in 0..1_000 {
+            store.create(&key(), &live()).await.unwrap();
+        }
+        assert_eq!(store.len(), 1_000);
+        assert_eq!(store.evictions(), 0);
+    }
+
+    #[tokio::test]
+    async fn merge_keeps_fields_sorted_and_the_write_wins() {
+        let store = MemoryStore::new();
+        let key = key();
+        let mut base = live();
+        for (k, v) in [("b", "1"), ("d", "2"), ("f", "3")] {
+            base.fields.insert(Arc::from(k), Arc::from(v));
+        }
+        store.create(&key, &base).await.unwrap();
+        let mut change = live();
+        for (k, v) in [("a", "9"), ("d", "8"), ("g", "7")] {
+            change.fields.insert(Arc::from(k), Arc::from(v));
+        }
+        store.save(&key, &change, SaveMode::Merge).await.unwrap();
+        let loaded = store.load(&key).await.unwrap().unwrap();
+        let pairs: Vec<(&str, &str)> = loaded.fields.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            pairs,
+            [("a", "9"), ("b", "1"), ("d", "8"), ("f", "3"), ("g", "7")]
+        );
     }
 
     #[tokio::test]
     async fn expired_records_are_removed_before_live_ones() {
         let store = MemoryStore::new().with_capacity(SHARDS * 4);
+        let store = store.with_sweep_interval(Duration::from_secs(3600));
         let now = Timestamp::now();
         let expired = Record::new(now, now);
         // Fill every shard with expired records, then add live ones: no live record is evicted.
