@@ -1,6 +1,8 @@
 //! Sessions on the SQLite store survive a restart of the app: a new store on the same
 //! database file and a new app with the same key carry on where the old ones stopped.
 
+#![cfg(feature = "sqlite")]
+
 mod common;
 
 use std::sync::Arc;

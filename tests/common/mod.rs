@@ -280,6 +280,7 @@ pub fn server_or_skip<T, E: std::fmt::Display>(what: &str, connected: Result<T, 
 }
 
 pub mod cart;
+pub mod sql;
 #[cfg(all(
     feature = "file",
     feature = "sqlite",

@@ -33,18 +33,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection};
-use tokio::sync::OnceCell;
-use tokio::task::JoinHandle;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgQueryResult};
+use sqlx::{Connection, Postgres};
 
 use super::sql::{
-    backend_error, decode_record, encode_fields, spawn_purge_task, to_sql, HasPurgeSlot,
-    InvalidTableName, PurgeSlot, TableName, ACQUIRE_TIMEOUT, DEFAULT_PURGE_INTERVAL,
+    backend_error, sql_store_api, Dialect, Queries, RowsAffected, SqlStore, TableName,
 };
-use super::{Release, SessionLock, Store, StoreError};
+use super::{Release, SessionLock, StoreError};
 use crate::id::StoreKey;
-use crate::record::{Record, SaveMode, Timestamp};
 
 /// Sessions in PostgreSQL: the production database store, shared by any number of app
 /// instances.
@@ -63,6 +59,8 @@ use crate::record::{Record, SaveMode, Timestamp};
 /// Expiry is judged by the app's clock, so keep the instances' clocks in sync (NTP).
 /// Cloning is cheap and shares the connection pool.
 ///
+/// [`SaveMode::Merge`]: crate::SaveMode::Merge
+///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,47 +73,33 @@ use crate::record::{Record, SaveMode, Timestamp};
 /// ```
 #[derive(Clone)]
 pub struct PostgresStore {
-    inner: Arc<Inner>,
+    inner: Arc<SqlStore<Postgres>>,
 }
 
-struct Inner {
-    pool: PgPool,
-    table: TableName,
-    sql: Queries,
-    migrated: OnceCell<()>,
-    purge: PurgeSlot,
-}
+/// PostgreSQL's SQL: `$N` placeholders, `ON CONFLICT` upserts and `jsonb ||`; and its own
+/// migration, serialised between instances by an advisory lock.
+#[async_trait]
+impl Dialect for Postgres {
+    const BACKEND: &'static str = "postgres";
 
-/// The statements for one table, built once.
-struct Queries {
-    create_table: String,
-    create_index: String,
-    load: String,
-    create: String,
-    merge: String,
-    replace: String,
-    touch: String,
-    delete: String,
-    purge: String,
-}
-
-impl Queries {
-    fn new(table: &TableName) -> Self {
+    fn queries(table: &TableName) -> Queries {
         let t = format!("\"{}\"", table.as_str());
         let index = format!("\"{}\"", table.index_name());
         let upsert = format!(
             "INSERT INTO {t} AS s (\"key\", data, created_at, expires_at) \
              VALUES ($1, $2::jsonb, $3, $4) ON CONFLICT (\"key\") DO UPDATE SET"
         );
-        Self {
-            create_table: format!(
-                "CREATE TABLE IF NOT EXISTS {t} (\
-                 \"key\" TEXT PRIMARY KEY, \
-                 data JSONB NOT NULL, \
-                 created_at BIGINT NOT NULL, \
-                 expires_at BIGINT NOT NULL)"
-            ),
-            create_index: format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"),
+        Queries {
+            migrate: vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (\
+                     \"key\" TEXT PRIMARY KEY, \
+                     data JSONB NOT NULL, \
+                     created_at BIGINT NOT NULL, \
+                     expires_at BIGINT NOT NULL)"
+                ),
+                format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"),
+            ],
             load: format!(
                 "SELECT data::text, created_at, expires_at FROM {t} \
                  WHERE \"key\" = $1 AND expires_at > $2"
@@ -140,68 +124,43 @@ impl Queries {
             purge: format!("DELETE FROM {t} WHERE expires_at <= $1"),
         }
     }
-}
 
-/// Creates the table and index on `conn`, serialised with other instances by an advisory
-/// lock on the table name.
-async fn migrate_on(
-    conn: &mut PgConnection,
-    table: &TableName,
-    sql: &Queries,
-) -> Result<(), StoreError> {
-    let mut tx = conn.begin().await.map_err(backend_error)?;
-    // "relation already exists, skipping" notices are expected on every start.
-    sqlx::query("SET LOCAL client_min_messages = warning")
-        .execute(&mut *tx)
-        .await
-        .map_err(backend_error)?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(format!("session_core:{}", table.as_str()))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend_error)?;
-    for statement in [&sql.create_table, &sql.create_index] {
-        sqlx::query(statement)
-            .persistent(false)
+    /// Creates the table and index in a transaction that holds an advisory lock on the table
+    /// name, so app instances starting together do not race on `CREATE TABLE IF NOT EXISTS`.
+    async fn migrate_on(
+        conn: &mut PgConnection,
+        table: &TableName,
+        sql: &Queries,
+    ) -> Result<(), StoreError> {
+        let mut tx = conn.begin().await.map_err(backend_error)?;
+        // "relation already exists, skipping" notices are expected on every start.
+        sqlx::query("SET LOCAL client_min_messages = warning")
             .execute(&mut *tx)
             .await
             .map_err(backend_error)?;
-    }
-    tx.commit().await.map_err(backend_error)
-}
-
-impl HasPurgeSlot for Inner {
-    fn purge_slot(&self) -> &PurgeSlot {
-        &self.purge
-    }
-}
-
-impl Inner {
-    /// The pool, once the table exists.
-    async fn pool(&self) -> Result<&PgPool, StoreError> {
-        self.migrated.get_or_try_init(|| self.migrate()).await?;
-        Ok(&self.pool)
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend_error)?;
-        migrate_on(&mut conn, &self.table, &self.sql).await
-    }
-
-    async fn purge_expired(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query(&self.sql.purge)
-            .bind(to_sql(Timestamp::now()))
-            .execute(self.pool().await?)
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("session_core:{}", table.as_str()))
+            .execute(&mut *tx)
             .await
             .map_err(backend_error)?;
-        Ok(done.rows_affected())
+        for statement in &sql.migrate {
+            sqlx::query(statement)
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend_error)?;
+        }
+        tx.commit().await.map_err(backend_error)
+    }
+}
+
+impl RowsAffected for PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        PgQueryResult::rows_affected(self)
     }
 }
 
 impl PostgresStore {
-    /// How often the purge task started by [`connect`](Self::connect) runs, on average.
-    pub const DEFAULT_PURGE_INTERVAL: Duration = DEFAULT_PURGE_INTERVAL;
-
     /// Connects to the database at `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`),
     /// creates the `sessions` table if needed and starts the purge task.
     ///
@@ -224,298 +183,16 @@ impl PostgresStore {
     /// ```
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(backend_error)?;
-        // Without the pool, a refused connection fails now with its reason instead of being
-        // retried until the acquire timeout.
-        let mut first = tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect())
-            .await
-            .map_err(|_| StoreError::Timeout)?
-            .map_err(backend_error)?;
-        let store = Self::from_pool(
-            PgPoolOptions::new()
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options),
-        );
-        let migrated = migrate_on(&mut first, &store.inner.table, &store.inner.sql).await;
-        // The connection has done its job; a failure to say goodbye changes nothing.
-        let _ = first.close().await;
-        migrated?;
-        let _ = store.inner.migrated.set(());
-        store.spawn_purge_task(DEFAULT_PURGE_INTERVAL);
-        Ok(store)
+        Ok(Self {
+            inner: SqlStore::connect_server(options).await?,
+        })
     }
 
-    /// A store on a pool you configured. Does no I/O: the table is created on first use (or
-    /// call [`migrate`](Self::migrate)), and no purge task runs until you
-    /// [start one](Self::spawn_purge_task).
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use std::time::Duration;
-    /// use session_core::store::sqlx::postgres::PgPoolOptions;
-    /// use session_core::store::PostgresStore;
-    ///
-    /// let pool = PgPoolOptions::new()
-    ///     .max_connections(20)
-    ///     .connect("postgres://app@127.0.0.1/app")
-    ///     .await?;
-    /// let store = PostgresStore::from_pool(pool).with_table_name("web_sessions")?;
-    /// store.migrate().await?;
-    /// store.spawn_purge_task(Duration::from_secs(600));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self::build(pool, TableName::default_name())
-    }
-
-    fn build(pool: PgPool, table: TableName) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                pool,
-                sql: Queries::new(&table),
-                table,
-                migrated: OnceCell::new(),
-                purge: PurgeSlot::default(),
-            }),
-        }
-    }
-
-    /// The same pool, with sessions in table `name` (created on first use, in the
-    /// connection's current schema). A running purge task moves to the new table.
-    ///
-    /// # Errors
-    /// [`InvalidTableName`] unless `name` is 1 to 48 ASCII letters, digits and underscores,
-    /// not starting with a digit.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = session_core::store::sqlx::PgPool::connect("postgres://app@127.0.0.1/app").await?;
-    /// use session_core::store::PostgresStore;
-    ///
-    /// let store = PostgresStore::from_pool(pool).with_table_name("web_sessions")?;
-    /// assert_eq!(store.table_name(), "web_sessions");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn with_table_name(self, name: &str) -> Result<Self, InvalidTableName> {
-        let table = TableName::new(name)?;
-        let purge_interval = self.inner.purge.interval();
-        let store = Self::build(self.inner.pool.clone(), table);
-        if let Some(interval) = purge_interval {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                store.spawn_purge_task(interval);
-            }
-        }
-        Ok(store)
-    }
-
-    /// The table sessions are kept in.
-    pub fn table_name(&self) -> &str {
-        self.inner.table.as_str()
-    }
-
-    /// Creates the table and its expiry index if they do not exist. Stores create them on
-    /// first use anyway; call this at startup to surface a problem early.
-    ///
-    /// # Errors
-    /// [`StoreError`] when no connection can be had or the server refuses the statements
-    /// (for example for lack of the `CREATE` privilege).
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = session_core::store::sqlx::PgPool::connect("postgres://app@127.0.0.1/app").await?;
-    /// let store = session_core::store::PostgresStore::from_pool(pool);
-    /// store.migrate().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        self.inner.migrate().await?;
-        let _ = self.inner.migrated.set(());
-        Ok(())
-    }
-
-    /// Starts deleting expired rows in the background, every `interval` on average.
-    ///
-    /// Each wait is a random 50 to 150 % of `interval`, so app instances started together do
-    /// not all purge at once. A store has at most one purge task: starting one stops the
-    /// previous. The task ends when the store and all its clones are dropped; failures are
-    /// logged with `tracing` and retried at the next run.
-    ///
-    /// # Panics
-    /// Outside a Tokio runtime, like [`tokio::spawn`].
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), session_core::StoreError> {
-    /// use std::time::Duration;
-    /// use session_core::store::PostgresStore;
-    ///
-    /// let store = PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
-    /// store.spawn_purge_task(Duration::from_secs(5 * 60));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn spawn_purge_task(&self, interval: Duration) -> JoinHandle<()> {
-        spawn_purge_task(
-            &self.inner,
-            interval,
-            "postgres",
-            |inner: Arc<Inner>| async move { inner.purge_expired().await },
-        )
-    }
-
-    /// Stops the purge task, if one runs: for example when a cron job purges instead.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), session_core::StoreError> {
-    /// let store = session_core::store::PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
-    /// store.stop_purge_task();
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn stop_purge_task(&self) {
-        self.inner.purge.stop();
-    }
-
-    /// The connection pool, for queries of your own.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use session_core::store::{sqlx, PostgresStore};
-    ///
-    /// let store = PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
-    /// let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM sessions")
-    ///     .fetch_one(store.pool())
-    ///     .await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
-    }
-
-    /// Stops the purge task and closes the pool, waiting for connections in use to be
-    /// returned. Calls made afterwards fail with [`StoreError::Backend`].
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), session_core::StoreError> {
-    /// let store = session_core::store::PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
-    /// store.close().await;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn close(&self) {
-        self.inner.purge.stop();
-        self.inner.pool.close().await;
-    }
-}
-
-impl std::fmt::Debug for PostgresStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore")
-            .field("table", &self.inner.table.as_str())
-            .field("purge_interval", &self.inner.purge.interval())
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl Store for PostgresStore {
-    async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        let row: Option<(String, i64, i64)> = sqlx::query_as(&self.inner.sql.load)
-            .bind(key.as_str())
-            .bind(to_sql(Timestamp::now()))
-            .fetch_optional(self.inner.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        row.map(|(data, created_at, expires_at)| decode_record(key, &data, created_at, expires_at))
-            .transpose()
-    }
-
-    async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
-        let data = encode_fields(&record.fields)?;
-        let done = sqlx::query(&self.inner.sql.create)
-            .bind(key.as_str())
-            .bind(data.as_str())
-            .bind(to_sql(record.created_at))
-            .bind(to_sql(record.expires_at))
-            .bind(to_sql(Timestamp::now()))
-            .execute(self.inner.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn save(
+    /// Takes the advisory lock of `key`, waiting at most `wait`: see
+    /// [`Store::lock`](super::Store::lock) below.
+    async fn advisory_lock(
         &self,
         key: &StoreKey,
-        record: &Record,
-        mode: SaveMode,
-    ) -> Result<(), StoreError> {
-        let data = encode_fields(&record.fields)?;
-        let statement = match mode {
-            SaveMode::Merge => &self.inner.sql.merge,
-            SaveMode::Replace => &self.inner.sql.replace,
-        };
-        let mut query = sqlx::query(statement)
-            .bind(key.as_str())
-            .bind(data.as_str())
-            .bind(to_sql(record.created_at))
-            .bind(to_sql(record.expires_at));
-        if mode == SaveMode::Merge {
-            query = query.bind(to_sql(Timestamp::now()));
-        }
-        query
-            .execute(self.inner.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        Ok(())
-    }
-
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(&self.inner.sql.touch)
-            .bind(to_sql(expires_at))
-            .bind(key.as_str())
-            .bind(to_sql(Timestamp::now()))
-            .execute(self.inner.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        Ok(())
-    }
-
-    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
-        sqlx::query(&self.inner.sql.delete)
-            .bind(key.as_str())
-            .execute(self.inner.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        Ok(())
-    }
-
-    async fn purge_expired(&self) -> Result<u64, StoreError> {
-        self.inner.purge_expired().await
-    }
-
-    fn supports_locks(&self) -> bool {
-        true
-    }
-
-    /// A transaction-level advisory lock (`pg_try_advisory_xact_lock`) on a number derived
-    /// from the key, held in an open transaction until release. A waiting request does not
-    /// keep a connection: each try takes one from the pool and gives it back when the lock is
-    /// busy, with a growing pause (2 ms to 25 ms) between tries. If the holder's process
-    /// dies, its connection closes and the lock goes with it, so `lease` is not needed.
-    async fn lock(
-        &self,
-        key: &StoreKey,
-        _lease: Duration,
         wait: Duration,
     ) -> Result<Option<SessionLock>, StoreError> {
         let lock_id = advisory_lock_id(key);
@@ -524,7 +201,7 @@ impl Store for PostgresStore {
         loop {
             let mut transaction = self
                 .inner
-                .pool()
+                .migrated_pool()
                 .await?
                 .begin()
                 .await
@@ -544,6 +221,125 @@ impl Store for PostgresStore {
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(25));
+        }
+    }
+}
+
+sql_store_api! {
+    store: PostgresStore,
+    pool: PgPool;
+
+    from_pool:
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use session_core::store::sqlx::postgres::PgPoolOptions;
+    /// use session_core::store::PostgresStore;
+    ///
+    /// let pool = PgPoolOptions::new()
+    ///     .max_connections(20)
+    ///     .connect("postgres://app@127.0.0.1/app")
+    ///     .await?;
+    /// let store = PostgresStore::from_pool(pool).with_table_name("web_sessions")?;
+    /// store.migrate().await?;
+    /// store.spawn_purge_task(Duration::from_secs(600));
+    /// # Ok(())
+    /// # }
+    /// ```
+
+    with_table_name:
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = session_core::store::sqlx::PgPool::connect("postgres://app@127.0.0.1/app").await?;
+    /// use session_core::store::PostgresStore;
+    ///
+    /// let store = PostgresStore::from_pool(pool).with_table_name("web_sessions")?;
+    /// assert_eq!(store.table_name(), "web_sessions");
+    /// # Ok(())
+    /// # }
+    /// ```
+
+    migrate:
+    /// # Errors
+    /// [`StoreError`] when no connection can be had or the server refuses the statements
+    /// (for example for lack of the `CREATE` privilege).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = session_core::store::sqlx::PgPool::connect("postgres://app@127.0.0.1/app").await?;
+    /// let store = session_core::store::PostgresStore::from_pool(pool);
+    /// store.migrate().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+
+    spawn_purge_task:
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), session_core::StoreError> {
+    /// use std::time::Duration;
+    /// use session_core::store::PostgresStore;
+    ///
+    /// let store = PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
+    /// store.spawn_purge_task(Duration::from_secs(5 * 60));
+    /// # Ok(())
+    /// # }
+    /// ```
+
+    stop_purge_task:
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), session_core::StoreError> {
+    /// let store = session_core::store::PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
+    /// store.stop_purge_task();
+    /// # Ok(())
+    /// # }
+    /// ```
+
+    pool:
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use session_core::store::{sqlx, PostgresStore};
+    ///
+    /// let store = PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
+    /// let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM sessions")
+    ///     .fetch_one(store.pool())
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+
+    close:
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), session_core::StoreError> {
+    /// let store = session_core::store::PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
+    /// store.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+
+    impl Store {
+        fn supports_locks(&self) -> bool {
+            true
+        }
+
+        /// A transaction-level advisory lock (`pg_try_advisory_xact_lock`) on a number derived
+        /// from the key, held in an open transaction until release. A waiting request does not
+        /// keep a connection: each try takes one from the pool and gives it back when the lock is
+        /// busy, with a growing pause (2 ms to 25 ms) between tries. If the holder's process
+        /// dies, its connection closes and the lock goes with it, so `lease` is not needed.
+        async fn lock(
+            &self,
+            key: &StoreKey,
+            _lease: Duration,
+            wait: Duration,
+        ) -> Result<Option<SessionLock>, StoreError> {
+            self.advisory_lock(key, wait).await
         }
     }
 }

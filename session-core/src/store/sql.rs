@@ -1,5 +1,11 @@
-//! What the SQL stores share: the table name, the JSON data column, error mapping and the
-//! purge task.
+//! What the SQL stores share: the table name, the JSON data column, error mapping, the purge
+//! task, and the store itself.
+//!
+//! [`SqlStore`] holds everything the SQLite, PostgreSQL and MySQL stores do alike, generic over
+//! the backend's [`Dialect`]: the SQL text of each statement and the hooks where a backend
+//! behaves differently. [`sql_store_api!`] writes each public store type's methods (besides
+//! `connect`), its `Debug` and its `Store` implementation as calls into its `SqlStore`, with
+//! their shared documentation.
 //!
 //! # Schema
 //!
@@ -24,22 +30,25 @@
 //!
 //! # Partial writes
 //!
-//! [`SaveMode::Merge`](crate::SaveMode::Merge) is one upsert statement that merges the given
-//! fields into the stored object inside the database (`json_patch`, `jsonb ||`,
-//! `JSON_MERGE_PATCH`), so two requests writing different fields at once both keep their
-//! change: the database serialises the two statements on the row and each sees the other's
-//! result.
+//! [`SaveMode::Merge`] is one upsert statement that merges the given fields into the stored
+//! object inside the database (`json_patch`, `jsonb ||`, `JSON_MERGE_PATCH`), so two requests
+//! writing different fields at once both keep their change: the database serialises the two
+//! statements on the row and each sees the other's result.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
 use serde::ser::{Serialize, Serializer};
+use sqlx::database::HasStatementCache;
+use sqlx::{Arguments, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+use tokio::sync::OnceCell;
 use tokio::task::{AbortHandle, JoinHandle};
 
 use super::StoreError;
 use crate::id::StoreKey;
-use crate::record::{Fields, Record, Timestamp};
+use crate::record::{Fields, Record, SaveMode, Timestamp};
 
 /// How long a pool built by `connect` waits for a free connection (or for a new one to open)
 /// before the call fails with [`StoreError::Timeout`].
@@ -331,6 +340,586 @@ fn random_u32() -> u32 {
             .unwrap_or(0),
     }
 }
+
+/// A value for one placeholder of a statement: the stores bind only text and integers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// How many rows a statement changed: each sqlx driver's query result has `rows_affected`,
+/// but no trait declares it, so each backend implements this for its type.
+pub(crate) trait RowsAffected {
+    fn rows_affected(&self) -> u64;
+}
+
+/// The sqlx calls the shared code makes, for any driver.
+///
+/// The sqlx bounds these calls need are spelled out once, on the blanket implementation, so
+/// the generic code only names `Driver` (through [`Dialect`]).
+#[async_trait]
+pub(crate) trait Driver: Database {
+    /// Runs `statement` with `args` and returns how many rows it changed.
+    async fn execute(
+        pool: &Pool<Self>,
+        statement: &str,
+        args: &[Arg<'_>],
+    ) -> Result<u64, sqlx::Error>;
+
+    /// Runs a `SELECT data, created_at, expires_at` with `args` and returns its row, if any.
+    async fn fetch_record(
+        pool: &Pool<Self>,
+        statement: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Option<(String, i64, i64)>, sqlx::Error>;
+
+    /// Runs `statement`, which takes no arguments, on `conn` without keeping it as a prepared
+    /// statement: for the `CREATE` statements, which run once.
+    async fn execute_once(conn: &mut Self::Connection, statement: &str) -> Result<(), sqlx::Error>;
+}
+
+#[async_trait]
+impl<DB> Driver for DB
+where
+    DB: Database + HasStatementCache,
+    DB::QueryResult: RowsAffected,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
+{
+    async fn execute(
+        pool: &Pool<Self>,
+        statement: &str,
+        args: &[Arg<'_>],
+    ) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query_with(statement, arguments::<DB>(args)?)
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fetch_record(
+        pool: &Pool<Self>,
+        statement: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Option<(String, i64, i64)>, sqlx::Error> {
+        sqlx::query_as_with(statement, arguments::<DB>(args)?)
+            .fetch_optional(pool)
+            .await
+    }
+
+    async fn execute_once(conn: &mut Self::Connection, statement: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(statement)
+            .persistent(false)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// `args` as a driver's arguments; a value it cannot encode is an [`sqlx::Error::Encode`], as
+/// with `Query::bind`.
+fn arguments<'q, DB>(args: &[Arg<'q>]) -> Result<DB::Arguments<'q>, sqlx::Error>
+where
+    DB: Database,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    i64: for<'a> Encode<'a, DB> + Type<DB>,
+{
+    let mut arguments = DB::Arguments::default();
+    for arg in args {
+        match *arg {
+            Arg::Text(text) => arguments.add(text),
+            Arg::Int(number) => arguments.add(number),
+        }
+        .map_err(sqlx::Error::Encode)?;
+    }
+    Ok(arguments)
+}
+
+/// The arguments of the statements that write a row: `key, data, created_at, expires_at,
+/// now`. Those that take no `now` use the first four.
+pub(crate) fn write_args<'a>(key: &'a StoreKey, data: &'a str, record: &Record) -> [Arg<'a>; 5] {
+    [
+        Arg::Text(key.as_str()),
+        Arg::Text(data),
+        Arg::Int(to_sql(record.created_at)),
+        Arg::Int(to_sql(record.expires_at)),
+        Arg::Int(to_sql(Timestamp::now())),
+    ]
+}
+
+/// A backend's statements for one table, built once with the store.
+///
+/// Each is written out in the backend's own SQL (quoting, placeholders, upsert syntax); the
+/// comments give the arguments each is run with, in order.
+pub(crate) struct Queries {
+    /// Creates the table and its expiry index if they do not exist, in this order; no
+    /// arguments.
+    pub(crate) migrate: Vec<String>,
+    /// `key, now`: the `data, created_at, expires_at` of the live row.
+    pub(crate) load: String,
+    /// `key, data, created_at, expires_at, now`: inserts the row, or overwrites an expired
+    /// one, and changes no row when a live one has the key. MySQL's differs: see its
+    /// [`Dialect::create`].
+    pub(crate) create: String,
+    /// `key, data, created_at, expires_at, now`: merges `data` into the stored object, or
+    /// replaces the row whole if it has expired (its fields must not come back to life).
+    pub(crate) merge: String,
+    /// `key, data, created_at, expires_at`: writes the row whole.
+    pub(crate) replace: String,
+    /// `expires_at, key, now`: moves the deadline of the live row.
+    pub(crate) touch: String,
+    /// `key`: deletes the row.
+    pub(crate) delete: String,
+    /// `now`: deletes expired rows, at most [`Dialect::PURGE_BATCH`] of them.
+    pub(crate) purge: String,
+}
+
+/// What one SQL backend supplies to [`SqlStore`]: its SQL text and the places where it behaves
+/// differently. Implemented by sqlx's database types (`sqlx::Sqlite`, ...); each hook has the
+/// behaviour of most backends as its default.
+#[async_trait]
+pub(crate) trait Dialect: Driver {
+    /// The backend's name in log events.
+    const BACKEND: &'static str;
+
+    /// The `LIMIT` of the purge statement, if it has one: the purge then repeats it until a
+    /// run deletes fewer rows. `None`: the one statement deletes every expired row.
+    const PURGE_BATCH: Option<u64> = None;
+
+    /// The statements for `table`.
+    fn queries(table: &TableName) -> Queries;
+
+    /// Creates the table and its index on `conn`, if they do not exist: by default the
+    /// [`Queries::migrate`] statements, one after the other.
+    async fn migrate_on(
+        conn: &mut Self::Connection,
+        _table: &TableName,
+        sql: &Queries,
+    ) -> Result<(), StoreError> {
+        for statement in &sql.migrate {
+            Self::execute_once(conn, statement)
+                .await
+                .map_err(backend_error)?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::create`](super::Store::create): by default the [`Queries::create`] upsert,
+    /// which overwrites only an expired row; a collision when it changed no row.
+    async fn create(
+        store: &SqlStore<Self>,
+        key: &StoreKey,
+        record: &Record,
+    ) -> Result<bool, StoreError> {
+        let data = encode_fields(&record.fields)?;
+        let args = write_args(key, &data, record);
+        let changed = Self::execute(store.migrated_pool().await?, &store.sql.create, &args)
+            .await
+            .map_err(backend_error)?;
+        Ok(changed == 1)
+    }
+
+    /// Whether a save whose try number `attempt` (from 1) failed with `error` is tried
+    /// again. By default never.
+    fn retry_save(error: &sqlx::Error, attempt: usize) -> bool {
+        let _ = (error, attempt);
+        false
+    }
+}
+
+/// A SQL store of any backend: what each public store type holds in an `Arc`. Clones of the
+/// public type share it; a new table name makes a new one on the same pool.
+pub(crate) struct SqlStore<D: Dialect> {
+    pool: Pool<D>,
+    table: TableName,
+    sql: Queries,
+    migrated: OnceCell<()>,
+    purge: PurgeSlot,
+}
+
+impl<D: Dialect> HasPurgeSlot for SqlStore<D> {
+    fn purge_slot(&self) -> &PurgeSlot {
+        &self.purge
+    }
+}
+
+impl<D: Dialect> SqlStore<D> {
+    fn new(pool: Pool<D>, table: TableName) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            sql: D::queries(&table),
+            table,
+            migrated: OnceCell::new(),
+            purge: PurgeSlot::default(),
+        })
+    }
+
+    /// A store on the default table of `pool`. Does no I/O.
+    pub(crate) fn from_pool(pool: Pool<D>) -> Arc<Self> {
+        Self::new(pool, TableName::default_name())
+    }
+
+    /// Connects to a database server (PostgreSQL, MySQL): one connection at once, on which
+    /// the table is created, then a pool that opens connections as needed, and the purge
+    /// task.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    pub(crate) async fn connect_server(
+        options: <D::Connection as sqlx::Connection>::Options,
+    ) -> Result<Arc<Self>, StoreError> {
+        use sqlx::pool::PoolOptions;
+        use sqlx::{ConnectOptions, Connection};
+
+        // Without the pool, a refused connection fails now with its reason instead of being
+        // retried until the acquire timeout.
+        let mut first = tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect())
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(backend_error)?;
+        let store = Self::from_pool(
+            PoolOptions::new()
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options),
+        );
+        let migrated = D::migrate_on(&mut first, &store.table, &store.sql).await;
+        // The connection has done its job; a failure to say goodbye changes nothing.
+        let _ = first.close().await;
+        migrated?;
+        let _ = store.migrated.set(());
+        store.spawn_purge_task(DEFAULT_PURGE_INTERVAL);
+        Ok(store)
+    }
+
+    /// The same pool with table `name`; a running purge task moves to it.
+    pub(crate) fn with_table_name(&self, name: &str) -> Result<Arc<Self>, InvalidTableName> {
+        let store = Self::new(self.pool.clone(), TableName::new(name)?);
+        if let Some(interval) = self.purge.interval() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                store.spawn_purge_task(interval);
+            }
+        }
+        Ok(store)
+    }
+
+    pub(crate) fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// The statements, for a backend's own hooks (MySQL's `create`).
+    #[cfg(feature = "mysql")]
+    pub(crate) fn sql(&self) -> &Queries {
+        &self.sql
+    }
+
+    /// The pool, whether or not the table exists yet.
+    pub(crate) fn pool(&self) -> &Pool<D> {
+        &self.pool
+    }
+
+    /// The pool, once the table exists: the first call creates it.
+    pub(crate) async fn migrated_pool(&self) -> Result<&Pool<D>, StoreError> {
+        self.migrated
+            .get_or_try_init(|| self.create_table())
+            .await?;
+        Ok(&self.pool)
+    }
+
+    async fn create_table(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend_error)?;
+        D::migrate_on(&mut conn, &self.table, &self.sql).await
+    }
+
+    /// Creates the table now, if it does not exist.
+    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+        self.create_table().await?;
+        // Already set if a concurrent call got there first; either way the table exists.
+        let _ = self.migrated.set(());
+        Ok(())
+    }
+
+    pub(crate) fn spawn_purge_task(self: &Arc<Self>, interval: Duration) -> JoinHandle<()> {
+        spawn_purge_task(self, interval, D::BACKEND, |store: Arc<Self>| async move {
+            store.purge_expired().await
+        })
+    }
+
+    pub(crate) fn stop_purge_task(&self) {
+        self.purge.stop();
+    }
+
+    pub(crate) async fn close(&self) {
+        self.purge.stop();
+        self.pool.close().await;
+    }
+
+    /// The `Debug` output of the public store type `name`.
+    pub(crate) fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
+            .field("table", &self.table.as_str())
+            .field("purge_interval", &self.purge.interval())
+            .finish_non_exhaustive()
+    }
+
+    pub(crate) async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        let args = [Arg::Text(key.as_str()), Arg::Int(to_sql(Timestamp::now()))];
+        let row = D::fetch_record(self.migrated_pool().await?, &self.sql.load, &args)
+            .await
+            .map_err(backend_error)?;
+        row.map(|(data, created_at, expires_at)| decode_record(key, &data, created_at, expires_at))
+            .transpose()
+    }
+
+    pub(crate) async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
+        D::create(self, key, record).await
+    }
+
+    /// One upsert: [`Queries::merge`] or [`Queries::replace`], tried again while
+    /// [`Dialect::retry_save`] says so.
+    pub(crate) async fn save(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        mode: SaveMode,
+    ) -> Result<(), StoreError> {
+        let data = encode_fields(&record.fields)?;
+        let statement = match mode {
+            SaveMode::Merge => &self.sql.merge,
+            SaveMode::Replace => &self.sql.replace,
+        };
+        let pool = self.migrated_pool().await?;
+        let mut attempt = 1;
+        loop {
+            let args = write_args(key, &data, record);
+            // Only a merge compares with the time: it replaces an expired row.
+            let args = match mode {
+                SaveMode::Merge => &args[..],
+                SaveMode::Replace => &args[..4],
+            };
+            match D::execute(pool, statement, args).await {
+                Ok(_) => return Ok(()),
+                Err(error) if D::retry_save(&error, attempt) => attempt += 1,
+                Err(error) => return Err(backend_error(error)),
+            }
+        }
+    }
+
+    pub(crate) async fn touch(
+        &self,
+        key: &StoreKey,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let args = [
+            Arg::Int(to_sql(expires_at)),
+            Arg::Text(key.as_str()),
+            Arg::Int(to_sql(Timestamp::now())),
+        ];
+        D::execute(self.migrated_pool().await?, &self.sql.touch, &args)
+            .await
+            .map_err(backend_error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
+        D::execute(
+            self.migrated_pool().await?,
+            &self.sql.delete,
+            &[Arg::Text(key.as_str())],
+        )
+        .await
+        .map_err(backend_error)?;
+        Ok(())
+    }
+
+    /// Deletes the expired rows, in batches of [`Dialect::PURGE_BATCH`] if it is set.
+    pub(crate) async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let now = [Arg::Int(to_sql(Timestamp::now()))];
+        let pool = self.migrated_pool().await?;
+        let mut removed = 0;
+        loop {
+            let deleted = D::execute(pool, &self.sql.purge, &now)
+                .await
+                .map_err(backend_error)?;
+            removed += deleted;
+            if D::PURGE_BATCH.is_none_or(|batch| deleted < batch) {
+                return Ok(removed);
+            }
+        }
+    }
+}
+
+/// Writes what every SQL store type has alike, as calls into its [`SqlStore`]: the inherent
+/// methods besides `connect` (with their shared documentation), `Debug` and
+/// [`Store`](super::Store).
+///
+/// The store type is a struct with a field `inner: Arc<SqlStore<Db>>`, defined by its module
+/// with its own documentation and `connect`. The invocation names it and its pool type, then
+/// gives each method the documentation that is the backend's own (a note and the examples),
+/// which follows the shared text. Items in a trailing `impl Store { .. }` are added to the
+/// `Store` implementation.
+macro_rules! sql_store_api {
+    (
+        store: $Store:ident,
+        pool: $Pool:ty;
+        from_pool: $(#[$from_pool:meta])*
+        with_table_name: $(#[$with_table_name:meta])*
+        migrate: $(#[$migrate:meta])*
+        spawn_purge_task: $(#[$spawn_purge_task:meta])*
+        stop_purge_task: $(#[$stop_purge_task:meta])*
+        pool: $(#[$pool:meta])*
+        close: $(#[$close:meta])*
+        $(impl Store { $($store_items:tt)* })?
+    ) => {
+        impl $Store {
+            /// How often the purge task started by [`connect`](Self::connect) runs, on average.
+            pub const DEFAULT_PURGE_INTERVAL: ::std::time::Duration =
+                $crate::store::sql::DEFAULT_PURGE_INTERVAL;
+
+            /// A store on a pool you configured. Does no I/O: the table is created on first use
+            /// (or call [`migrate`](Self::migrate)), and no purge task runs until you
+            /// [start one](Self::spawn_purge_task).
+            ///
+            $(#[$from_pool])*
+            pub fn from_pool(pool: $Pool) -> Self {
+                Self {
+                    inner: $crate::store::sql::SqlStore::from_pool(pool),
+                }
+            }
+
+            /// The same pool, with sessions in table `name` (created on first use, in the
+            /// connection's current schema). A running purge task moves to the new table.
+            ///
+            /// # Errors
+            /// [`InvalidTableName`](crate::store::InvalidTableName) unless `name` is 1 to 48
+            /// ASCII letters, digits and underscores, not starting with a digit.
+            ///
+            $(#[$with_table_name])*
+            pub fn with_table_name(
+                self,
+                name: &str,
+            ) -> ::std::result::Result<Self, $crate::store::InvalidTableName> {
+                ::std::result::Result::Ok(Self {
+                    inner: self.inner.with_table_name(name)?,
+                })
+            }
+
+            /// The table sessions are kept in.
+            pub fn table_name(&self) -> &str {
+                self.inner.table().as_str()
+            }
+
+            /// Creates the table and its expiry index if they do not exist. Stores create them
+            /// on first use anyway; call this at startup to surface a problem early.
+            ///
+            $(#[$migrate])*
+            pub async fn migrate(&self) -> ::std::result::Result<(), $crate::store::StoreError> {
+                self.inner.migrate().await
+            }
+
+            /// Starts deleting expired rows in the background, every `interval` on average.
+            ///
+            /// Each wait is a random 50 to 150 % of `interval`, so app instances started
+            /// together do not all purge at once. A store has at most one purge task: starting
+            /// one stops the previous. The task ends when the store and all its clones are
+            /// dropped; failures are logged with `tracing` and retried at the next run.
+            ///
+            /// # Panics
+            /// Outside a Tokio runtime, like [`tokio::spawn`].
+            ///
+            $(#[$spawn_purge_task])*
+            pub fn spawn_purge_task(
+                &self,
+                interval: ::std::time::Duration,
+            ) -> ::tokio::task::JoinHandle<()> {
+                self.inner.spawn_purge_task(interval)
+            }
+
+            /// Stops the purge task, if one runs: for example when a cron job purges instead.
+            ///
+            $(#[$stop_purge_task])*
+            pub fn stop_purge_task(&self) {
+                self.inner.stop_purge_task();
+            }
+
+            /// The connection pool, for queries of your own.
+            ///
+            $(#[$pool])*
+            pub fn pool(&self) -> &$Pool {
+                self.inner.pool()
+            }
+
+            /// Stops the purge task and closes the pool, waiting for connections in use to be
+            /// returned. Calls made afterwards fail with
+            /// [`StoreError::Backend`](crate::store::StoreError::Backend).
+            ///
+            $(#[$close])*
+            pub async fn close(&self) {
+                self.inner.close().await;
+            }
+        }
+
+        impl ::std::fmt::Debug for $Store {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                self.inner.debug(stringify!($Store), f)
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::Store for $Store {
+            async fn load(
+                &self,
+                key: &$crate::id::StoreKey,
+            ) -> ::std::result::Result<
+                ::std::option::Option<$crate::record::Record>,
+                $crate::store::StoreError,
+            > {
+                self.inner.load(key).await
+            }
+
+            async fn create(
+                &self,
+                key: &$crate::id::StoreKey,
+                record: &$crate::record::Record,
+            ) -> ::std::result::Result<bool, $crate::store::StoreError> {
+                self.inner.create(key, record).await
+            }
+
+            async fn save(
+                &self,
+                key: &$crate::id::StoreKey,
+                record: &$crate::record::Record,
+                mode: $crate::record::SaveMode,
+            ) -> ::std::result::Result<(), $crate::store::StoreError> {
+                self.inner.save(key, record, mode).await
+            }
+
+            async fn touch(
+                &self,
+                key: &$crate::id::StoreKey,
+                expires_at: $crate::record::Timestamp,
+            ) -> ::std::result::Result<(), $crate::store::StoreError> {
+                self.inner.touch(key, expires_at).await
+            }
+
+            async fn delete(
+                &self,
+                key: &$crate::id::StoreKey,
+            ) -> ::std::result::Result<(), $crate::store::StoreError> {
+                self.inner.delete(key).await
+            }
+
+            async fn purge_expired(&self) -> ::std::result::Result<u64, $crate::store::StoreError> {
+                self.inner.purge_expired().await
+            }
+
+            $($($store_items)*)?
+        }
+    };
+}
+
+pub(crate) use sql_store_api;
 
 #[cfg(test)]
 mod tests {

@@ -30,20 +30,17 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
 };
-use tokio::sync::OnceCell;
-use tokio::task::JoinHandle;
+use sqlx::Sqlite;
 
 use super::sql::{
-    backend_error, decode_record, encode_fields, spawn_purge_task, to_sql, HasPurgeSlot,
-    InvalidTableName, PurgeSlot, TableName, ACQUIRE_TIMEOUT, DEFAULT_PURGE_INTERVAL,
+    backend_error, sql_store_api, Dialect, Queries, RowsAffected, SqlStore, TableName,
+    ACQUIRE_TIMEOUT, DEFAULT_PURGE_INTERVAL,
 };
-use super::{Store, StoreError};
-use crate::id::StoreKey;
-use crate::record::{Record, SaveMode, Timestamp};
+use super::StoreError;
 
 /// How long a connection waits for another one's write to finish before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,6 +60,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// Cloning is cheap and shares the connection pool.
 ///
+/// [`SaveMode::Merge`]: crate::SaveMode::Merge
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), session_core::StoreError> {
@@ -76,47 +75,32 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// ```
 #[derive(Clone)]
 pub struct SqliteStore {
-    inner: Arc<Inner>,
+    inner: Arc<SqlStore<Sqlite>>,
 }
 
-struct Inner {
-    pool: SqlitePool,
-    table: TableName,
-    sql: Queries,
-    migrated: OnceCell<()>,
-    purge: PurgeSlot,
-}
+/// SQLite's SQL: `?N` placeholders, `ON CONFLICT` upserts and `json_patch`. Its behaviour is
+/// the shared default: the statements need no lock, retry or batch of their own.
+impl Dialect for Sqlite {
+    const BACKEND: &'static str = "sqlite";
 
-/// The statements for one table, built once.
-struct Queries {
-    create_table: String,
-    create_index: String,
-    load: String,
-    create: String,
-    merge: String,
-    replace: String,
-    touch: String,
-    delete: String,
-    purge: String,
-}
-
-impl Queries {
-    fn new(table: &TableName) -> Self {
+    fn queries(table: &TableName) -> Queries {
         let t = format!("\"{}\"", table.as_str());
         let index = format!("\"{}\"", table.index_name());
         let upsert = format!(
             "INSERT INTO {t} (\"key\", data, created_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (\"key\") DO UPDATE SET"
         );
-        Self {
-            create_table: format!(
-                "CREATE TABLE IF NOT EXISTS {t} (\
-                 \"key\" TEXT PRIMARY KEY NOT NULL, \
-                 data TEXT NOT NULL, \
-                 created_at INTEGER NOT NULL, \
-                 expires_at INTEGER NOT NULL)"
-            ),
-            create_index: format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"),
+        Queries {
+            migrate: vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (\
+                     \"key\" TEXT PRIMARY KEY NOT NULL, \
+                     data TEXT NOT NULL, \
+                     created_at INTEGER NOT NULL, \
+                     expires_at INTEGER NOT NULL)"
+                ),
+                format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"),
+            ],
             load: format!(
                 "SELECT data, created_at, expires_at FROM {t} WHERE \"key\" = ?1 AND expires_at > ?2"
             ),
@@ -144,44 +128,13 @@ impl Queries {
     }
 }
 
-impl HasPurgeSlot for Inner {
-    fn purge_slot(&self) -> &PurgeSlot {
-        &self.purge
-    }
-}
-
-impl Inner {
-    /// The pool, once the table exists.
-    async fn pool(&self) -> Result<&SqlitePool, StoreError> {
-        self.migrated.get_or_try_init(|| self.migrate()).await?;
-        Ok(&self.pool)
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        for statement in [&self.sql.create_table, &self.sql.create_index] {
-            sqlx::query(statement)
-                .persistent(false)
-                .execute(&self.pool)
-                .await
-                .map_err(backend_error)?;
-        }
-        Ok(())
-    }
-
-    async fn purge_expired(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query(&self.sql.purge)
-            .bind(to_sql(Timestamp::now()))
-            .execute(self.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        Ok(done.rows_affected())
+impl RowsAffected for SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        SqliteQueryResult::rows_affected(self)
     }
 }
 
 impl SqliteStore {
-    /// How often the purge task started by [`connect`](Self::connect) runs, on average.
-    pub const DEFAULT_PURGE_INTERVAL: Duration = DEFAULT_PURGE_INTERVAL;
-
     /// Opens the database at `url` (`sqlite:PATH`, creating the file if it is missing, or
     /// `sqlite::memory:`), creates the `sessions` table if needed and starts the purge task.
     ///
@@ -228,16 +181,23 @@ impl SqliteStore {
             pool_options.connect_with(options).await
         }
         .map_err(backend_error)?;
-        let store = Self::from_pool(pool);
-        store.migrate().await?;
-        store.spawn_purge_task(DEFAULT_PURGE_INTERVAL);
-        Ok(store)
+        let inner = SqlStore::from_pool(pool);
+        inner.migrate().await?;
+        inner.spawn_purge_task(DEFAULT_PURGE_INTERVAL);
+        Ok(Self { inner })
     }
+}
 
-    /// A store on a pool you configured. Does no I/O: the table is created on first use (or
-    /// call [`migrate`](Self::migrate)), and no purge task runs until you
-    /// [start one](Self::spawn_purge_task).
-    ///
+/// Whether `url` names an in-memory database.
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+sql_store_api! {
+    store: SqliteStore,
+    pool: SqlitePool;
+
+    from_pool:
     /// Use WAL mode and a busy timeout on the pool's connections if several requests may
     /// write at once, as [`connect`](Self::connect) does.
     ///
@@ -260,29 +220,8 @@ impl SqliteStore {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn from_pool(pool: SqlitePool) -> Self {
-        Self::build(pool, TableName::default_name())
-    }
 
-    fn build(pool: SqlitePool, table: TableName) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                pool,
-                sql: Queries::new(&table),
-                table,
-                migrated: OnceCell::new(),
-                purge: PurgeSlot::default(),
-            }),
-        }
-    }
-
-    /// The same pool, with sessions in table `name` (created on first use). A running purge
-    /// task moves to the new table.
-    ///
-    /// # Errors
-    /// [`InvalidTableName`] unless `name` is 1 to 48 ASCII letters, digits and underscores,
-    /// not starting with a digit.
-    ///
+    with_table_name:
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -293,26 +232,8 @@ impl SqliteStore {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn with_table_name(self, name: &str) -> Result<Self, InvalidTableName> {
-        let table = TableName::new(name)?;
-        let purge_interval = self.inner.purge.interval();
-        let store = Self::build(self.inner.pool.clone(), table);
-        if let Some(interval) = purge_interval {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                store.spawn_purge_task(interval);
-            }
-        }
-        Ok(store)
-    }
 
-    /// The table sessions are kept in.
-    pub fn table_name(&self) -> &str {
-        self.inner.table.as_str()
-    }
-
-    /// Creates the table and its expiry index if they do not exist. Stores create them on
-    /// first use anyway; call this at startup to surface a problem early.
-    ///
+    migrate:
     /// # Errors
     /// [`StoreError::Backend`] when the database refuses the statements.
     ///
@@ -327,23 +248,8 @@ impl SqliteStore {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        self.inner.migrate().await?;
-        // Already set if a concurrent call got there first; either way the table exists.
-        let _ = self.inner.migrated.set(());
-        Ok(())
-    }
 
-    /// Starts deleting expired rows in the background, every `interval` on average.
-    ///
-    /// Each wait is a random 50 to 150 % of `interval`, so app instances started together do
-    /// not all purge at once. A store has at most one purge task: starting one stops the
-    /// previous. The task ends when the store and all its clones are dropped; failures are
-    /// logged with `tracing` and retried at the next run.
-    ///
-    /// # Panics
-    /// Outside a Tokio runtime, like [`tokio::spawn`].
-    ///
+    spawn_purge_task:
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), session_core::StoreError> {
@@ -355,17 +261,8 @@ impl SqliteStore {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn spawn_purge_task(&self, interval: Duration) -> JoinHandle<()> {
-        spawn_purge_task(
-            &self.inner,
-            interval,
-            "sqlite",
-            |inner: Arc<Inner>| async move { inner.purge_expired().await },
-        )
-    }
 
-    /// Stops the purge task, if one runs.
-    ///
+    stop_purge_task:
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), session_core::StoreError> {
@@ -374,12 +271,8 @@ impl SqliteStore {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn stop_purge_task(&self) {
-        self.inner.purge.stop();
-    }
 
-    /// The connection pool, for queries of your own.
-    ///
+    pool:
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -393,13 +286,8 @@ impl SqliteStore {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn pool(&self) -> &SqlitePool {
-        &self.inner.pool
-    }
 
-    /// Stops the purge task and closes the pool, waiting for connections in use to be
-    /// returned. Calls made afterwards fail with [`StoreError::Backend`].
-    ///
+    close:
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), session_core::StoreError> {
@@ -408,100 +296,4 @@ impl SqliteStore {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn close(&self) {
-        self.inner.purge.stop();
-        self.inner.pool.close().await;
-    }
-}
-
-impl std::fmt::Debug for SqliteStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("table", &self.inner.table.as_str())
-            .field("purge_interval", &self.inner.purge.interval())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Whether `url` names an in-memory database.
-fn is_in_memory(url: &str) -> bool {
-    url.contains(":memory:") || url.contains("mode=memory")
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        let row: Option<(String, i64, i64)> = sqlx::query_as(&self.inner.sql.load)
-            .bind(key.as_str())
-            .bind(to_sql(Timestamp::now()))
-            .fetch_optional(self.inner.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        row.map(|(data, created_at, expires_at)| decode_record(key, &data, created_at, expires_at))
-            .transpose()
-    }
-
-    async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
-        let data = encode_fields(&record.fields)?;
-        let done = sqlx::query(&self.inner.sql.create)
-            .bind(key.as_str())
-            .bind(data.as_str())
-            .bind(to_sql(record.created_at))
-            .bind(to_sql(record.expires_at))
-            .bind(to_sql(Timestamp::now()))
-            .execute(self.inner.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn save(
-        &self,
-        key: &StoreKey,
-        record: &Record,
-        mode: SaveMode,
-    ) -> Result<(), StoreError> {
-        let data = encode_fields(&record.fields)?;
-        let statement = match mode {
-            SaveMode::Merge => &self.inner.sql.merge,
-            SaveMode::Replace => &self.inner.sql.replace,
-        };
-        let mut query = sqlx::query(statement)
-            .bind(key.as_str())
-            .bind(data.as_str())
-            .bind(to_sql(record.created_at))
-            .bind(to_sql(record.expires_at));
-        if mode == SaveMode::Merge {
-            query = query.bind(to_sql(Timestamp::now()));
-        }
-        query
-            .execute(self.inner.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        Ok(())
-    }
-
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(&self.inner.sql.touch)
-            .bind(to_sql(expires_at))
-            .bind(key.as_str())
-            .bind(to_sql(Timestamp::now()))
-            .execute(self.inner.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        Ok(())
-    }
-
-    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
-        sqlx::query(&self.inner.sql.delete)
-            .bind(key.as_str())
-            .execute(self.inner.pool().await?)
-            .await
-            .map_err(backend_error)?;
-        Ok(())
-    }
-
-    async fn purge_expired(&self) -> Result<u64, StoreError> {
-        self.inner.purge_expired().await
-    }
 }
