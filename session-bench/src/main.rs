@@ -33,6 +33,9 @@
 //! - Each scenario starts fresh servers for its variants. Then, for each of R rounds, every
 //!   variant in turn (A B C A B C ...) gets a short warm-up and a timed run of D seconds with
 //!   the same connections. Alternating spreads machine noise over all variants alike.
+//! - The server's CPU time per request (all its threads, from `/proc/PID/task/*/schedstat`)
+//!   is measured over each timed run too: it shows what the session layer costs even when the
+//!   load generator, sharing the two cores, limits the requests/s.
 //! - Requests/s, p50 and p99 are the median over rounds. A ratio between two variants is the
 //!   median over rounds of the ratio within each round, so a slow moment that hits both
 //!   cancels out.
@@ -55,8 +58,11 @@
 //! The report is Markdown (so BENCHMARKS.md can hold it verbatim) and ends with one line:
 //! `summary: counter_vs_tower=R1 counter_vs_bare=R2 lazy_vs_bare=R3 bigsession_bytes_vs_tower=R4`.
 //!
-//! For profiling, `session-bench drive VARIANT SCENARIO [--duration S]` starts one server,
-//! prints its pid, waits two seconds (attach `perf record -p PID` then) and drives it.
+//! For profiling, `session-bench drive VARIANT SCENARIO [--duration S | --requests N]` starts
+//! one server, prints its pid, waits two seconds (attach `perf record -p PID` then) and drives
+//! it. With `SESSION_BENCH_SERVER_WRAPPER="valgrind --tool=callgrind"` the server runs under
+//! that command instead (it exits cleanly when the benchmark is done with it, so the tool
+//! writes its data).
 
 mod counting;
 mod load;
@@ -96,8 +102,8 @@ impl Options {
     fn full() -> Self {
         Self {
             smoke: false,
-            rounds: 5,
-            duration: Duration::from_secs(2),
+            rounds: 8,
+            duration: Duration::from_millis(1200),
             warmup: Duration::from_millis(300),
             connections: 32,
             sessions: 100_000,
@@ -130,8 +136,10 @@ usage:
       runs the benchmark; LIST is a comma-separated subset of lazy,new,peek,counter,big
   session-bench serve VARIANT [--redis URL]
       serves one variant (bare, tower-mem, tower-redis, ours-mem, ours-redis)
-  session-bench drive VARIANT SCENARIO [--duration SECS] [--connections N] [--redis URL]
-      starts one server, prints its pid, waits 2 s (attach a profiler), drives it";
+  session-bench drive VARIANT SCENARIO [--duration SECS | --requests N] [--connections N]
+                [--redis URL]
+      starts one server, prints its pid, waits 2 s (attach a profiler), drives it;
+      SESSION_BENCH_SERVER_WRAPPER=\"valgrind --tool=callgrind\" runs the server under a tool";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -146,6 +154,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Already said, before the report, so that the summary stays the last line.
+        Err(error) if error.is_empty() => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("session-bench: {error}");
             ExitCode::FAILURE
@@ -222,26 +232,39 @@ fn drive_command(args: &[String]) -> Result<(), String> {
     let (Some(variant), Some(scenario)) = (variant, scenario) else {
         return Err(format!("drive needs a variant and a scenario\n{USAGE}"));
     };
-    let mut options = parse_options(&args[2..])?;
+    // `--requests N` stops after N requests instead of a time (for slow profilers).
+    let mut rest: Vec<String> = args[2..].to_vec();
+    let mut requests = None;
+    if let Some(i) = rest.iter().position(|a| a == "--requests") {
+        let n = rest.get(i + 1).ok_or("--requests needs a value")?;
+        requests = Some(number(n)? as u64);
+        rest.drain(i..=i + 1);
+    }
+    let mut options = parse_options(&rest)?;
     if !args.iter().any(|a| a == "--duration") {
         options.duration = Duration::from_secs(10);
     }
+    let limit = requests.map_or(Limit::Time(options.duration), Limit::Requests);
     runtime()?.block_on(async {
         let server = Server::start(variant, &options.redis_url)?;
         let mut conns = server.connect(scenario, options.connections).await?;
         println!("server pid {}", server.pid());
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = server.stats().await?;
-        let result = load::run(&mut conns, scenario.path(), Limit::Time(options.duration)).await;
+        let cpu_before = server.cpu_ns();
+        let result = load::run(&mut conns, scenario.path(), limit).await;
+        let cpu = server.cpu_ns().saturating_sub(cpu_before);
         let delta = server.stats().await?.since(&before);
+        let per_request = |n: f64| n / result.requests.max(1) as f64;
         println!(
-            "{variant} {}: {:.0} req/s, p50 {} µs, p99 {} µs, errors {}, writes/req {:.4}",
+            "{variant} {}: {:.0} req/s, p50 {} µs, p99 {} µs, server CPU {:.1} µs/req, errors {}, writes/req {:.4}",
             scenario.name(),
             result.rps(),
             result.quantile(0.5),
             result.quantile(0.99),
+            per_request(cpu as f64 / 1000.0),
             result.errors,
-            delta.writes() as f64 / result.requests.max(1) as f64,
+            per_request(delta.writes() as f64),
         );
         server.cleanup().await;
         Ok(())
@@ -333,7 +356,19 @@ impl Server {
     /// Starts `session-bench serve VARIANT` and waits until it listens.
     fn start(variant: Variant, redis_url: &str) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = Command::new(exe)
+        // A profiler to run the server under, as in
+        // SESSION_BENCH_SERVER_WRAPPER="valgrind --tool=callgrind".
+        let wrapper = std::env::var("SESSION_BENCH_SERVER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .args(["serve", variant.name(), "--redis", redis_url])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -372,6 +407,19 @@ impl Server {
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
+    }
+
+    /// CPU time the server's threads have used so far, in nanoseconds (from
+    /// `/proc/PID/task/*/schedstat`).
+    fn cpu_ns(&self) -> u64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+            .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
     }
 
     async fn get(&self, path: &'static str, cookie: Option<&str>) -> Result<load::Answer, String> {
@@ -453,7 +501,17 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Closes the server's standard input, which makes it exit (and a profiler around it
+    /// write its data), and kills it if it has not exited within ten seconds.
     fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -497,6 +555,7 @@ fn bench(options: &Options) -> Result<(), String> {
     let start = Instant::now();
     runtime()?.block_on(async {
         let mut notes = Vec::new();
+        let mut problems = Vec::new();
         let mut redis_version_text = None;
         let mut use_redis = options.redis;
         if use_redis {
@@ -536,12 +595,14 @@ fn bench(options: &Options) -> Result<(), String> {
                         load::run(conns, path, Limit::Time(options.warmup)).await;
                     }
                     let before = server.stats().await?;
+                    let cpu_before = server.cpu_ns();
                     let result = load::run(conns, path, Limit::Time(options.duration)).await;
+                    let cpu = server.cpu_ns().saturating_sub(cpu_before);
                     let delta = server.stats().await?.since(&before);
                     progress(
                         start,
                         format_args!(
-                            "{} round {}/{}: {:<12} {:>8.0} req/s  p50 {:>5} µs  p99 {:>6} µs  writes/req {:.3}{}",
+                            "{} round {}/{}: {:<12} {:>8.0} req/s  p50 {:>5} µs  p99 {:>6} µs  server CPU {:>5.1} µs/req  writes/req {:.3}{}",
                             scenario.name(),
                             round + 1,
                             options.rounds,
@@ -549,15 +610,21 @@ fn bench(options: &Options) -> Result<(), String> {
                             result.rps(),
                             result.quantile(0.5),
                             result.quantile(0.99),
+                            cpu as f64 / 1000.0 / result.requests.max(1) as f64,
                             delta.writes() as f64 / result.requests.max(1) as f64,
                             if result.errors > 0 { format!("  ERRORS {}", result.errors) } else { String::new() },
                         ),
                     );
-                    check_run(server.variant, scenario, &result, options.connections, &mut notes);
+                    problems.extend(check_run(server.variant, scenario, &result));
+                    if conns.len() < options.connections {
+                        // A connection broke (counted as an error): replace it.
+                        let missing = options.connections - conns.len();
+                        conns.extend(server.connect(scenario, missing).await?);
+                    }
                     cells
                         .entry((scenario, server.variant))
                         .or_default()
-                        .push(&result, &delta);
+                        .push(&result, &delta, cpu);
                 }
             }
             // Bytes written per request: a short untimed run with byte counting on.
@@ -585,6 +652,8 @@ fn bench(options: &Options) -> Result<(), String> {
             }
         }
 
+        let failed = !problems.is_empty();
+        notes.extend(problems.iter().map(|p| format!("Problem: {p}")));
         let report = Report {
             options: options.clone(),
             cells,
@@ -594,45 +663,52 @@ fn bench(options: &Options) -> Result<(), String> {
             elapsed: start.elapsed(),
         };
         progress(start, format_args!("done"));
+        if failed {
+            eprintln!(
+                "session-bench: {} problem(s) during the runs (see Notes); exiting with failure",
+                problems.len()
+            );
+        }
         let text = report.render();
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
-        stdout.flush().map_err(|e| e.to_string())
+        stdout.flush().map_err(|e| e.to_string())?;
+        if failed {
+            return Err(String::new());
+        }
+        Ok(())
     })
 }
 
-/// Notes a run that did not do what the scenario means, so that the report says so.
-fn check_run(
-    variant: Variant,
-    scenario: Scenario,
-    result: &RunResult,
-    connections: usize,
-    notes: &mut Vec<String>,
-) {
+/// What went wrong in a run that did not do what the scenario means: the report lists it and
+/// the benchmark exits with failure (so the smoke mode catches a broken variant).
+fn check_run(variant: Variant, scenario: Scenario, result: &RunResult) -> Vec<String> {
+    let mut problems = Vec::new();
     if result.errors > 0 {
-        notes.push(format!(
+        problems.push(format!(
             "{} / {variant}: {} failed requests in one run.",
             scenario.name(),
             result.errors
         ));
     }
     if result.requests == 0 {
-        notes.push(format!(
+        problems.push(format!(
             "{} / {variant}: a run completed no request.",
             scenario.name()
         ));
     }
     if scenario == Scenario::NewVisitor
         && variant != Variant::Bare
-        && result.set_cookies + (connections as u64) < result.requests
+        && result.set_cookies < result.requests
     {
-        notes.push(format!(
+        problems.push(format!(
             "{} / {variant}: only {} of {} new-visitor responses set a cookie.",
             scenario.name(),
             result.set_cookies,
             result.requests
         ));
     }
+    problems
 }
 
 /// VmRSS of a fresh server before and after creating `options.sessions` sessions through HTTP.
@@ -661,4 +737,46 @@ async fn measure_memory(variant: Variant, options: &Options) -> Result<MemoryRes
         rss_before: before,
         rss_after: after,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_parse_and_subtract() {
+        let before =
+            StoreStats::parse("loads=1 creates=2 saves=3 touches=0 deletes=0 bytes=10 sessions=2");
+        let after =
+            StoreStats::parse("loads=5 creates=2 saves=7 touches=1 deletes=0 bytes=30 sessions=2");
+        let delta = after.since(&before);
+        assert_eq!(delta.loads, 4);
+        assert_eq!(delta.writes(), 5);
+        assert_eq!(delta.bytes, 20);
+        assert_eq!(delta.sessions, 2);
+    }
+
+    #[test]
+    fn smoke_options_are_short() {
+        let options = parse_options(&["--smoke".to_owned()]).unwrap();
+        assert!(options.smoke);
+        assert_eq!(options.rounds, 1);
+        assert!(options.duration < Duration::from_secs(1));
+        let options = parse_options(&["--scenarios".to_owned(), "lazy,big".to_owned()]).unwrap();
+        assert_eq!(
+            options.scenarios,
+            vec![Scenario::Lazy, Scenario::BigSession]
+        );
+        assert!(parse_options(&["--bogus".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn variant_and_scenario_names_round_trip() {
+        for variant in Variant::ALL {
+            assert_eq!(Variant::parse(variant.name()), Some(variant));
+        }
+        for scenario in Scenario::ALL {
+            assert_eq!(Scenario::parse(scenario.name()), Some(scenario));
+        }
+    }
 }

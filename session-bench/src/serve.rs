@@ -370,3 +370,12 @@ pub fn serve(variant: Variant, redis_url: &str) -> Result<(), String> {
         axum::serve(listener, app).await.map_err(|e| e.to_string())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_big_cart_encodes_to_64_kib() {
+        let json = serde_json::to_string(&super::big_cart()).unwrap();
+        assert!((65_000..=66_000).contains(&json.len()), "{}", json.len());
+    }
+}
