@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +11,11 @@ use axum::extract::Query;
 use axum::http::{header, Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
-use common::{get as get_req, send, Client, FlakyStore, RecordingStore};
+use common::{get as get_req, send, Client, RecordingStore};
 use serde::Deserialize;
 use session_core::store::MemoryStore;
 use session_core::{
-    Key, SameSite, SaveErrors, SaveMode, Secure, Session, SessionId, SessionLayer, Store, Timestamp,
+    Key, SameSite, SaveMode, Secure, Session, SessionId, SessionLayer, Store, Timestamp,
 };
 
 #[derive(Session)]
@@ -410,73 +409,6 @@ async fn an_id_the_store_does_not_know_is_never_adopted() {
     assert_eq!(reply.body, "views: 1");
     let fresh = reply.cookie_pair("sid").unwrap();
     assert_ne!(fresh[..36], cookie[..36]);
-}
-
-#[tokio::test]
-async fn load_error_answers_with_the_configured_status() {
-    let store = FlakyStore::default();
-    let mut client = Client::new(app_with(layer(store.clone())));
-    client.get("/incr").await;
-    store.fail_load.store(true, Ordering::SeqCst);
-    assert_eq!(
-        client.get("/read").await.status,
-        StatusCode::INTERNAL_SERVER_ERROR
-    );
-
-    let mut client = Client::new(app_with(
-        layer(store.clone()).with_error_status(StatusCode::SERVICE_UNAVAILABLE),
-    ));
-    store.fail_load.store(false, Ordering::SeqCst);
-    client.get("/incr").await;
-    store.fail_load.store(true, Ordering::SeqCst);
-    let reply = client.get("/read").await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(reply.body, "session store unavailable");
-    // The lazy path does not care.
-    assert_eq!(client.get("/noop").await.status, StatusCode::OK);
-}
-
-#[tokio::test]
-async fn unreadable_record_starts_a_new_session_and_is_left_in_place() {
-    let store = FlakyStore::default();
-    let app = app_with(layer(store.clone()));
-    let mut client = Client::new(app.clone());
-    client.get("/incr").await;
-    let old = client.cookie.clone().unwrap();
-    store.corrupt_load.store(true, Ordering::SeqCst);
-    let reply = send(&app, get_req("/incr", Some(&old))).await;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.body, "views: 1");
-    assert_ne!(reply.cookie_pair("sid").unwrap()[..36], old[..36]);
-    store.corrupt_load.store(false, Ordering::SeqCst);
-    let kept = store.inner.load(&key_of(&old)).await.unwrap().unwrap();
-    assert_eq!(
-        &*kept.fields["views"], "1",
-        "the unreadable record is not destroyed"
-    );
-}
-
-#[tokio::test]
-async fn save_error_replaces_the_response_by_default() {
-    let store = FlakyStore::default();
-    store.fail_write.store(true, Ordering::SeqCst);
-    let reply = send(&app_with(layer(store.clone())), get_req("/incr", None)).await;
-    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(reply.set_cookies().is_empty());
-}
-
-#[tokio::test]
-async fn save_error_can_be_logged_instead() {
-    let store = FlakyStore::default();
-    store.fail_write.store(true, Ordering::SeqCst);
-    let app = app_with(layer(store.clone()).with_save_errors(SaveErrors::Log));
-    let reply = send(&app, get_req("/incr", None)).await;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.body, "views: 1");
-    assert!(
-        reply.set_cookies().is_empty(),
-        "no cookie for a session that was not stored"
-    );
 }
 
 #[tokio::test]

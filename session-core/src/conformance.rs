@@ -10,6 +10,8 @@
 //! ```
 //!
 //! The checks use fresh random keys, so they can share one database and run in parallel.
+//!
+//! [`FaultStore`] wraps any store to inject errors, delays and hangs into chosen calls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use futures_util::future::join_all;
 
 use crate::id::{SessionId, StoreKey};
 use crate::record::{Fields, Record, SaveMode, Timestamp};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// A fresh random store key.
 pub fn key() -> StoreKey {
@@ -317,4 +319,168 @@ macro_rules! store_conformance_tests {
             }
         )*
     };
+}
+
+/// A store call [`FaultStore`] can disturb.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// [`Store::load`].
+    Load,
+    /// [`Store::create`].
+    Create,
+    /// [`Store::save`].
+    Save,
+    /// [`Store::touch`].
+    Touch,
+    /// [`Store::delete`].
+    Delete,
+    /// [`Store::lock`].
+    Lock,
+}
+
+/// What [`FaultStore`] does to a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Fail with [`StoreError::Backend`] without calling the store.
+    Error,
+    /// Wait this long, then call the store.
+    Delay(Duration),
+    /// Never answer (a dead connection without a timeout).
+    Hang,
+    /// Fail with [`StoreError::Corrupt`], as for a record that cannot be read.
+    Corrupt,
+}
+
+/// A store wrapper that injects errors, delays and hangs into chosen calls, to test what an
+/// application does when its store misbehaves in ways a real server will not on demand.
+///
+/// ```
+/// use std::time::Duration;
+/// use session_core::conformance::{Fault, FaultStore, Op};
+/// use session_core::store::MemoryStore;
+///
+/// let store = FaultStore::new(MemoryStore::new());
+/// store.inject(Op::Save, Fault::Error);
+/// store.inject(Op::Load, Fault::Delay(Duration::from_millis(50)));
+/// store.heal(Op::Save);
+/// ```
+#[derive(Clone)]
+pub struct FaultStore<S> {
+    inner: S,
+    faults: Arc<std::sync::Mutex<std::collections::HashMap<Op, (Fault, Option<usize>)>>>,
+}
+
+impl<S: Store> FaultStore<S> {
+    /// `inner`, undisturbed until told otherwise.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            faults: Arc::default(),
+        }
+    }
+
+    /// Disturbs every later `op` call with `fault`.
+    pub fn inject(&self, op: Op, fault: Fault) {
+        self.faults().insert(op, (fault, None));
+    }
+
+    /// Disturbs the next `times` `op` calls with `fault`, then lets them through.
+    pub fn inject_times(&self, op: Op, fault: Fault, times: usize) {
+        self.faults().insert(op, (fault, Some(times)));
+    }
+
+    /// Lets `op` calls through again.
+    pub fn heal(&self, op: Op) {
+        self.faults().remove(&op);
+    }
+
+    /// Lets every call through again.
+    pub fn heal_all(&self) {
+        self.faults().clear();
+    }
+
+    /// The store behind the faults.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn faults(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Op, (Fault, Option<usize>)>> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn disturb(&self, op: Op) -> Result<(), StoreError> {
+        let fault = {
+            let mut faults = self.faults();
+            match faults.get_mut(&op) {
+                Some((fault, None)) => Some(*fault),
+                Some((fault, Some(left))) if *left > 0 => {
+                    *left -= 1;
+                    Some(*fault)
+                }
+                _ => None,
+            }
+        };
+        match fault {
+            None => Ok(()),
+            Some(Fault::Error) => Err(StoreError::backend(format!("injected fault in {op:?}"))),
+            Some(Fault::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            Some(Fault::Hang) => std::future::pending().await,
+            Some(Fault::Corrupt) => Err(StoreError::Corrupt(format!("injected in {op:?}"))),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for FaultStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultStore").finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: Store> Store for FaultStore<S> {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.disturb(Op::Load).await?;
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
+        self.disturb(Op::Create).await?;
+        self.inner.create(key, record).await
+    }
+    async fn save(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        mode: SaveMode,
+    ) -> Result<(), StoreError> {
+        self.disturb(Op::Save).await?;
+        self.inner.save(key, record, mode).await
+    }
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+        self.disturb(Op::Touch).await?;
+        self.inner.touch(key, expires_at).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
+        self.disturb(Op::Delete).await?;
+        self.inner.delete(key).await
+    }
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.inner.purge_expired().await
+    }
+    fn supports_locks(&self) -> bool {
+        self.inner.supports_locks()
+    }
+    async fn lock(
+        &self,
+        key: &StoreKey,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<crate::store::SessionLock>, StoreError> {
+        self.disturb(Op::Lock).await?;
+        self.inner.lock(key, lease, wait).await
+    }
 }

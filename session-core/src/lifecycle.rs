@@ -339,7 +339,10 @@ impl RequestState {
             });
         }
         self.persist(false).await?;
-        self.touch().await?;
+        // A failed keep-alive costs the session some lifetime, not the request its answer.
+        if let Err(error) = self.touch().await {
+            tracing::warn!(%error, "could not extend the session's deadline");
+        }
 
         let inner = self.lock();
         let (Some(id), true) = (inner.id, inner.record.is_some()) else {
@@ -436,7 +439,14 @@ impl RequestState {
             Write::Create(whole) => {
                 let id = self.create(whole).await?;
                 if let Some(old) = old_id {
-                    self.call(config.store.delete(&self.store_key(old))).await?;
+                    if let Err(error) = self.call(config.store.delete(&self.store_key(old))).await {
+                        // The old id must die with the regeneration; since it cannot, take the
+                        // new record back so no second copy of the session is left behind.
+                        if let Err(undo) = self.call(config.store.delete(&id.store_key())).await {
+                            tracing::warn!(%undo, "could not remove the new record of a failed regeneration; it lapses at its deadline");
+                        }
+                        return Err(error.into());
+                    }
                 }
                 Some(id)
             }

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -99,58 +98,6 @@ impl Store for RecordingStore {
     }
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
         self.record("delete", key, None, None);
-        self.inner.delete(key).await
-    }
-}
-
-/// A memory store whose calls can be made to fail.
-#[derive(Clone, Default)]
-pub struct FlakyStore {
-    pub inner: MemoryStore,
-    pub fail_load: Arc<AtomicBool>,
-    pub fail_write: Arc<AtomicBool>,
-    /// Loads report the record as unreadable.
-    pub corrupt_load: Arc<AtomicBool>,
-}
-
-impl FlakyStore {
-    fn check(flag: &AtomicBool) -> Result<(), StoreError> {
-        if flag.load(Ordering::SeqCst) {
-            Err(StoreError::backend("injected failure"))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait]
-impl Store for FlakyStore {
-    async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        Self::check(&self.fail_load)?;
-        if self.corrupt_load.load(Ordering::SeqCst) {
-            return Err(StoreError::Corrupt("injected: not a record".to_owned()));
-        }
-        self.inner.load(key).await
-    }
-    async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
-        Self::check(&self.fail_write)?;
-        self.inner.create(key, record).await
-    }
-    async fn save(
-        &self,
-        key: &StoreKey,
-        record: &Record,
-        mode: SaveMode,
-    ) -> Result<(), StoreError> {
-        Self::check(&self.fail_write)?;
-        self.inner.save(key, record, mode).await
-    }
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
-        Self::check(&self.fail_write)?;
-        self.inner.touch(key, expires_at).await
-    }
-    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
-        Self::check(&self.fail_write)?;
         self.inner.delete(key).await
     }
 }
