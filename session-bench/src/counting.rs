@@ -124,6 +124,19 @@ impl<S: Store> Store for CountingStore<S> {
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         self.inner.purge_expired().await
     }
+
+    fn supports_locks(&self) -> bool {
+        self.inner.supports_locks()
+    }
+
+    async fn lock(
+        &self,
+        key: &StoreKey,
+        lease: std::time::Duration,
+        wait: std::time::Duration,
+    ) -> Result<Option<session_core::store::SessionLock>, StoreError> {
+        self.inner.lock(key, lease, wait).await
+    }
 }
 
 /// A tower-sessions [`SessionStore`] that counts the calls it passes on, and the size of the

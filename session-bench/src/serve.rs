@@ -253,19 +253,29 @@ async fn app(variant: Variant, redis_url: &str) -> Result<Router, String> {
                 Arc::new(|| 0),
                 Cleanup::Nothing,
             ),
-            Variant::OursMem | Variant::OursRedis => {
+            Variant::OursMem
+            | Variant::OursRedis
+            | Variant::OursMemLocked
+            | Variant::OursRedisLocked => {
+                let locked = |layer: session_core::SessionLayer| {
+                    if matches!(variant, Variant::OursMemLocked | Variant::OursRedisLocked) {
+                        layer.with_session_lock(std::time::Duration::from_secs(5))
+                    } else {
+                        layer
+                    }
+                };
                 let routes = Router::new()
                     .route("/", get(ours::home))
                     .route("/peek", get(ours::peek))
                     .route("/__bigcart", get(ours::big_cart))
                     .route("/lazy", get(lazy));
-                if variant == Variant::OursMem {
+                if !variant.uses_redis() {
                     let memory = session_core::store::MemoryStore::new();
                     let len = memory.clone();
-                    let layer = session_core::SessionLayer::new(
+                    let layer = locked(session_core::SessionLayer::new(
                         CountingStore::new(memory, stats.clone()),
                         key,
-                    )
+                    ))
                     .check()
                     .map_err(|e| e.to_string())?;
                     (
@@ -278,10 +288,10 @@ async fn app(variant: Variant, redis_url: &str) -> Result<Router, String> {
                         .await
                         .map_err(|e| format!("session-core RedisStore: {e}"))?
                         .with_prefix(OURS_REDIS_PREFIX);
-                    let layer = session_core::SessionLayer::new(
+                    let layer = locked(session_core::SessionLayer::new(
                         CountingStore::new(store, stats.clone()),
                         key,
-                    )
+                    ))
                     .check()
                     .map_err(|e| e.to_string())?;
                     (

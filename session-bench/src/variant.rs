@@ -15,15 +15,21 @@ pub enum Variant {
     OursMem,
     /// session-core with its Redis store.
     OursRedis,
+    /// session-core with its memory store and the per-session lock.
+    OursMemLocked,
+    /// session-core with its Redis store and the per-session lock (a lease key).
+    OursRedisLocked,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 7] = [
         Variant::Bare,
         Variant::TowerMem,
         Variant::OursMem,
+        Variant::OursMemLocked,
         Variant::TowerRedis,
         Variant::OursRedis,
+        Variant::OursRedisLocked,
     ];
 
     /// The name on the command line (`session-bench serve NAME`).
@@ -34,6 +40,8 @@ impl Variant {
             Variant::TowerRedis => "tower-redis",
             Variant::OursMem => "ours-mem",
             Variant::OursRedis => "ours-redis",
+            Variant::OursMemLocked => "ours-mem-lock",
+            Variant::OursRedisLocked => "ours-redis-lock",
         }
     }
 
@@ -49,18 +57,23 @@ impl Variant {
             Variant::TowerRedis => "tower-sessions, Redis",
             Variant::OursMem => "session-core, memory",
             Variant::OursRedis => "session-core, Redis",
+            Variant::OursMemLocked => "session-core, memory, per-session lock",
+            Variant::OursRedisLocked => "session-core, Redis, per-session lock",
         }
     }
 
     pub fn uses_redis(self) -> bool {
-        matches!(self, Variant::TowerRedis | Variant::OursRedis)
+        matches!(
+            self,
+            Variant::TowerRedis | Variant::OursRedis | Variant::OursRedisLocked
+        )
     }
 
     /// The variant this one is compared with: tower-sessions on the same store for ours.
     pub fn peer(self) -> Option<Variant> {
         match self {
-            Variant::OursMem => Some(Variant::TowerMem),
-            Variant::OursRedis => Some(Variant::TowerRedis),
+            Variant::OursMem | Variant::OursMemLocked => Some(Variant::TowerMem),
+            Variant::OursRedis | Variant::OursRedisLocked => Some(Variant::TowerRedis),
             _ => None,
         }
     }
@@ -70,7 +83,10 @@ impl Variant {
         match self {
             Variant::Bare => None,
             Variant::TowerMem | Variant::TowerRedis => Some("id"),
-            Variant::OursMem | Variant::OursRedis => Some("sid"),
+            Variant::OursMem
+            | Variant::OursRedis
+            | Variant::OursMemLocked
+            | Variant::OursRedisLocked => Some("sid"),
         }
     }
 }
@@ -144,14 +160,19 @@ impl Scenario {
     }
 
     /// The variants this scenario runs. Redis adds nothing to the lazy path (no store call
-    /// is made), and bare axum has no session to make large.
+    /// is made), bare axum has no session to make large, and the per-session lock is
+    /// measured where it matters, on the counter.
     pub fn variants(self) -> Vec<Variant> {
         Variant::ALL
             .into_iter()
-            .filter(|v| match self {
-                Scenario::Lazy => !v.uses_redis(),
-                Scenario::BigSession => *v != Variant::Bare,
-                _ => true,
+            .filter(|v| {
+                let locked = matches!(v, Variant::OursMemLocked | Variant::OursRedisLocked);
+                match self {
+                    Scenario::Lazy => !v.uses_redis() && !locked,
+                    Scenario::BigSession => *v != Variant::Bare && !locked,
+                    Scenario::Counter => true,
+                    _ => !locked,
+                }
             })
             .collect()
     }
