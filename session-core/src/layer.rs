@@ -257,8 +257,71 @@ impl<S> std::fmt::Debug for SessionService<S> {
     }
 }
 
-/// The response future of [`SessionService`].
-pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+pin_project_lite::pin_project! {
+    /// The response future of [`SessionService`]: the app's response, then, if the request
+    /// took its session, the end-of-request save and cookie. A request that never took its
+    /// session completes without any further work or allocation.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<Arc<RequestState>>,
+        finishing: Option<Pin<Box<dyn Future<Output = Response> + Send>>>,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(finishing) = this.finishing.as_mut() {
+            return finishing.as_mut().poll(cx).map(Ok);
+        }
+        let response = match this.inner.as_mut().poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => return Poll::Pending,
+        };
+        match this.state.take() {
+            Some(state) if state.needs_finish() => {
+                let finishing = this.finishing.insert(Box::pin(finish(state, response)));
+                finishing.as_mut().poll(cx).map(Ok)
+            }
+            _ => Poll::Ready(Ok(response)),
+        }
+    }
+}
+
+/// Saves the session as the rules say and sets the response's cookie, or replaces the
+/// response with the error one.
+async fn finish(state: Arc<RequestState>, mut response: Response) -> Response {
+    match state.finish().await {
+        Ok(CookieAction::Keep) => {}
+        Ok(CookieAction::Set(id)) => {
+            let value = state.config.keys.sign(&id);
+            append_cookie(&mut response, &state, &value, state.config.max_age);
+        }
+        Ok(CookieAction::Clear) => {
+            append_cookie(&mut response, &state, "", Some(Duration::ZERO));
+        }
+        Err(error) => {
+            tracing::error!(%error, "session could not be saved");
+            if state.config.save_errors == SaveErrors::Respond {
+                return error_response(&state.config, &error);
+            }
+        }
+    }
+    response
+}
 
 /// The handle the extractor finds in the request's extensions.
 #[derive(Clone)]
@@ -267,12 +330,11 @@ pub(crate) struct SessionHandle(pub(crate) Arc<RequestState>);
 impl<S, B> Service<Request<B>> for SessionService<S>
 where
     S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
-    S::Future: Send + 'static,
     B: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -280,35 +342,19 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let config = &self.config;
-        if !path_matches(request.uri().path(), &config.path) {
-            return Box::pin(self.inner.call(request));
+        let state = path_matches(request.uri().path(), &config.path).then(|| {
+            let secure = is_secure(&request, config.trust_proxy);
+            let state = Arc::new(RequestState::new(config.clone(), secure));
+            request
+                .extensions_mut()
+                .insert(SessionHandle(state.clone()));
+            state
+        });
+        ResponseFuture {
+            inner: self.inner.call(request),
+            state,
+            finishing: None,
         }
-        let secure = is_secure(&request, config.trust_proxy);
-        let state = Arc::new(RequestState::new(config.clone(), secure));
-        request
-            .extensions_mut()
-            .insert(SessionHandle(state.clone()));
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = future.await?;
-            match state.finish().await {
-                Ok(CookieAction::Keep) => {}
-                Ok(CookieAction::Set(id)) => {
-                    let value = state.config.keys.sign(&id);
-                    append_cookie(&mut response, &state, &value, state.config.max_age);
-                }
-                Ok(CookieAction::Clear) => {
-                    append_cookie(&mut response, &state, "", Some(Duration::ZERO));
-                }
-                Err(error) => {
-                    tracing::error!(%error, "session could not be saved");
-                    if state.config.save_errors == SaveErrors::Respond {
-                        return Ok(error_response(&state.config, &error));
-                    }
-                }
-            }
-            Ok(response)
-        })
     }
 }
 

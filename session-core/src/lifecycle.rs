@@ -297,6 +297,13 @@ impl RequestState {
         self.persist(true).await
     }
 
+    /// Whether the end of the request has anything to do: a session was taken, or a lock is
+    /// held from a load that failed.
+    pub(crate) fn needs_finish(&self) -> bool {
+        let inner = self.lock();
+        inner.extracted || inner.held.is_some()
+    }
+
     /// Applies the end-of-request rules; returns what the response's cookie should say.
     /// Releases the per-session lock, if one is held, whatever happened.
     pub(crate) async fn finish(&self) -> Result<CookieAction, SessionError> {
