@@ -22,6 +22,7 @@
 use std::future::Future;
 use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 
 use crate::config::{Config, Secure};
 use crate::cookie::CookieLookup;
@@ -151,16 +152,22 @@ impl RequestState {
         }
     }
 
-    /// Runs a store call under the configured timeout.
+    /// Runs a store call under the configured timeout. A call that answers at once (an
+    /// in-process store) never sets up a timer.
     async fn call<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match self.config.store_timeout {
-            Some(limit) => tokio::time::timeout(limit, call)
+        let Some(limit) = self.config.store_timeout else {
+            return call.await;
+        };
+        let mut call = std::pin::pin!(call);
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => tokio::time::timeout(limit, call)
                 .await
                 .unwrap_or(Err(StoreError::Timeout)),
-            None => call.await,
         }
     }
 
