@@ -367,8 +367,11 @@ pub enum Fault {
 #[derive(Clone)]
 pub struct FaultStore<S> {
     inner: S,
-    faults: Arc<std::sync::Mutex<std::collections::HashMap<Op, (Fault, Option<usize>)>>>,
+    faults: Arc<std::sync::Mutex<Faults>>,
 }
+
+/// The fault of each disturbed call, and how many more calls it applies to (`None`: all).
+type Faults = std::collections::HashMap<Op, (Fault, Option<usize>)>;
 
 impl<S: Store> FaultStore<S> {
     /// `inner`, undisturbed until told otherwise.
@@ -404,9 +407,7 @@ impl<S: Store> FaultStore<S> {
         &self.inner
     }
 
-    fn faults(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Op, (Fault, Option<usize>)>> {
+    fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
 
