@@ -5,8 +5,12 @@
 //! into `#[tokio::test]`s for a store made by an async expression that returns
 //! `Option<impl Store>` (`None` skips, for a server that is not there):
 //!
-//! ```ignore
-//! session_core::store_conformance_tests!(async { Some(MyStore::connect().await) });
+//! ```no_run
+//! // In tests/my_store.rs, with `MyStore::connect()` in place of the memory store:
+//! use session_core::store::MemoryStore;
+//!
+//! session_core::store_conformance_tests!(async { Some(MemoryStore::new()) });
+//! # fn main() {}
 //! ```
 //!
 //! The checks use fresh random keys, so they can share one database and run in parallel.
