@@ -550,6 +550,31 @@ async fn oversized_session_is_refused_with_an_error() {
     assert!(reply.set_cookies().is_empty());
 }
 
+#[tokio::test]
+async fn a_session_over_a_lowered_limit_can_still_shrink_but_not_grow() {
+    let store = MemoryStore::new();
+    let mut client = Client::new(app_with(layer(store.clone())));
+    client.get("/incr").await;
+    for _ in 0..3 {
+        client.get(&format!("/tag?t={}", "x".repeat(40))).await;
+    }
+    let cookie = client.cookie.clone().unwrap();
+    // The limit is lowered below what the session already holds.
+    let strict = app_with(layer(store.clone()).with_max_record_bytes(64));
+    let grow = send(&strict, get_req("/tag?t=more", Some(&cookie))).await;
+    assert_eq!(grow.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let same_size = send(&strict, get_req("/incr", Some(&cookie))).await;
+    assert_eq!(
+        same_size.status,
+        StatusCode::OK,
+        "a write that does not grow it is allowed"
+    );
+    assert_eq!(
+        send(&strict, get_req("/read", Some(&cookie))).await.body,
+        "views: 2"
+    );
+}
+
 #[test]
 fn invalid_configuration_is_reported_by_check() {
     let bad_name = layer(MemoryStore::new())

@@ -165,7 +165,9 @@ impl SessionLayer {
 
     /// The largest encoded session, in bytes; a save over it fails with
     /// [`SessionError::TooLarge`] and the response is `413 Payload Too Large` (the stored
-    /// session is left as it was). Default: 1 MiB.
+    /// session is left as it was). A session already over the limit (stored before it was
+    /// lowered) can still be written as long as the write does not make it larger.
+    /// Default: 1 MiB.
     pub fn with_max_record_bytes(self, limit: usize) -> Self {
         self.edit(|c| c.max_record_bytes = limit)
     }

@@ -437,7 +437,10 @@ impl RequestState {
                     (write, size)
                 }
             };
-            if size > config.max_record_bytes {
+            // A session stored before the limit was lowered may be over it already: writes
+            // that do not make it larger stay allowed, so the app can shrink it.
+            let current = inner.record.as_ref().map_or(0, Record::encoded_len);
+            if size > config.max_record_bytes && size > current {
                 if let Write::Merge(_, changes) = write {
                     inner.pending = changes.fields;
                 }
