@@ -69,6 +69,32 @@ impl std::fmt::Debug for SessionLock {
     }
 }
 
+/// Tries to take a lock kept in a remote store until `wait` runs out, pausing 2 ms, 4 ms, …
+/// up to 25 ms between tries. `attempt` makes one try: `Some` lock when it got it.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) async fn retry_lock<F, Fut>(
+    wait: Duration,
+    mut attempt: F,
+) -> Result<Option<SessionLock>, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<SessionLock>, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(lock) = attempt().await? {
+            return Ok(Some(lock));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(25));
+    }
+}
+
 const SHARDS: usize = 64;
 type Shard = HashMap<StoreKey, Arc<tokio::sync::Mutex<()>>>;
 

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgQueryResult};
 use sqlx::{Connection, Postgres};
 
+use super::lock::retry_lock;
 use super::sql::{
     backend_error, sql_store_api, Dialect, Queries, RowsAffected, SqlStore, TableName,
 };
@@ -196,9 +197,7 @@ impl PostgresStore {
         wait: Duration,
     ) -> Result<Option<SessionLock>, StoreError> {
         let lock_id = advisory_lock_id(key);
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(2);
-        loop {
+        retry_lock(wait, || async {
             let mut transaction = self
                 .inner
                 .migrated_pool()
@@ -214,14 +213,11 @@ impl PostgresStore {
             if taken {
                 return Ok(Some(SessionLock::new(PgUnlock { transaction })));
             }
+            // Give the connection back while waiting.
             transaction.rollback().await.map_err(backend_error)?;
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(25));
-        }
+            Ok(None)
+        })
+        .await
     }
 }
 

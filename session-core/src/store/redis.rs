@@ -10,6 +10,7 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 use async_trait::async_trait;
 
+use super::lock::retry_lock;
 use super::{Release, SessionLock, Store, StoreError};
 use crate::id::{SessionId, StoreKey};
 use crate::record::{Fields, Record, SaveMode, Timestamp};
@@ -424,9 +425,7 @@ impl Store for RedisStore {
             .map_err(|e| StoreError::backend(format!("no randomness for a lock token: {e}")))?;
         let token = token.as_str().to_owned();
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(2);
-        loop {
+        retry_lock(wait, || async {
             let mut command = ::redis::cmd("SET");
             command
                 .arg(&lock_key)
@@ -440,20 +439,15 @@ impl Store for RedisStore {
                     command.query_async(&mut connection).await
                 })
                 .await?;
-            if !matches!(reply, Value::Nil) {
-                return Ok(Some(SessionLock::new(RedisUnlock {
+            Ok((!matches!(reply, Value::Nil)).then(|| {
+                SessionLock::new(RedisUnlock {
                     store: self.clone(),
-                    lock_key,
-                    token,
-                })));
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(25));
-        }
+                    lock_key: lock_key.clone(),
+                    token: token.clone(),
+                })
+            }))
+        })
+        .await
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
