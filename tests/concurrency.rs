@@ -77,14 +77,14 @@ fn lock_on_a_store_without_locks_is_a_configuration_error() {
             key: &session_core::StoreKey,
             record: &session_core::Record,
             mode: session_core::SaveMode,
-        ) -> Result<(), session_core::StoreError> {
+        ) -> Result<bool, session_core::StoreError> {
             self.0.save(key, record, mode).await
         }
         async fn touch(
             &self,
             key: &session_core::StoreKey,
             at: session_core::Timestamp,
-        ) -> Result<(), session_core::StoreError> {
+        ) -> Result<bool, session_core::StoreError> {
             self.0.touch(key, at).await
         }
         async fn delete(

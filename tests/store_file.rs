@@ -43,10 +43,10 @@ impl Store for TempFileStore {
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.store.save(key, record, mode).await
     }
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         self.store.touch(key, expires_at).await
     }
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
@@ -203,15 +203,17 @@ async fn unreadable_file_is_reported_as_corrupt_not_a_panic() {
             ),
             "create over {shown:?}"
         );
-        // A failed merge leaves the file as it was.
-        assert_eq!(std::fs::read(&path).unwrap(), content);
-
-        // A replacing save does not need the old file, so it repairs the session.
-        store.save(&key, &change, SaveMode::Replace).await.unwrap();
-        assert_eq!(
-            store.load(&key).await.unwrap().unwrap().fields,
-            change.fields
+        // A replacing save must know the record is live (saves never create), so it is
+        // refused too.
+        assert!(
+            matches!(
+                store.save(&key, &change, SaveMode::Replace).await,
+                Err(StoreError::Corrupt(_))
+            ),
+            "replace over {shown:?}"
         );
+        // Nothing failed wrote over the file: what was stored is kept for inspection.
+        assert_eq!(std::fs::read(&path).unwrap(), content);
     }
 
     let purged = store.purge_expired().await.unwrap();

@@ -67,10 +67,10 @@ impl Store for TempSqliteStore {
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.store.save(key, record, mode).await
     }
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         self.store.touch(key, expires_at).await
     }
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {

@@ -100,7 +100,7 @@ impl<S: Store> Store for CountingStore<S> {
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         Stats::add(&self.stats.saves, 1);
         if self.stats.counting_bytes() {
             Stats::add(&self.stats.bytes, record_bytes(record));
@@ -108,7 +108,7 @@ impl<S: Store> Store for CountingStore<S> {
         self.inner.save(key, record, mode).await
     }
 
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         Stats::add(&self.stats.touches, 1);
         if self.stats.counting_bytes() {
             Stats::add(&self.stats.bytes, DEADLINE_LEN);

@@ -78,14 +78,93 @@ pub async fn round_trip(store: &dyn Store) {
     assert_close(loaded.expires_at, written.expires_at, "expires_at");
 }
 
-/// `save` on an absent key creates the record, in either mode.
-pub async fn save_creates_missing_records(store: &dyn Store) {
+/// Only `create` creates: `save` (either mode) and `touch` of an absent key, or of a key
+/// whose record was deleted, write nothing and report `false`. This is what stops a request
+/// that loaded a session before a logout from bringing it back by saving after.
+pub async fn saves_never_create(store: &dyn Store) {
+    let later = Timestamp::now().saturating_add(MINUTE);
+    for mode in [SaveMode::Merge, SaveMode::Replace] {
+        let absent = key();
+        let written = record(&[("a", "1")], MINUTE);
+        assert!(
+            !store.save(&absent, &written, mode).await.unwrap(),
+            "{mode:?} of an absent key reported a write"
+        );
+        assert!(
+            store.load(&absent).await.unwrap().is_none(),
+            "{mode:?} of an absent key created a record"
+        );
+
+        let deleted = key();
+        assert!(store.create(&deleted, &written).await.unwrap());
+        store.delete(&deleted).await.unwrap();
+        let change = record(&[("a", "2"), ("b", "3")], MINUTE);
+        assert!(
+            !store.save(&deleted, &change, mode).await.unwrap(),
+            "{mode:?} of a deleted key reported a write"
+        );
+        assert!(
+            store.load(&deleted).await.unwrap().is_none(),
+            "{mode:?} brought a deleted record back"
+        );
+    }
+    let absent = key();
+    assert!(!store.touch(&absent, later).await.unwrap());
+    assert!(store.load(&absent).await.unwrap().is_none());
+}
+
+/// A save or touch of a record whose deadline has passed (purged or not) writes nothing and
+/// reports `false`: an expired session stays ended, its fields never come back.
+pub async fn expired_records_are_not_revived(store: &dyn Store) {
+    let short = Duration::from_millis(1200);
+    let merged = key();
+    let replaced = key();
+    let touched = key();
+    for key in [&merged, &replaced, &touched] {
+        assert!(store
+            .create(key, &record(&[("old", "1")], short))
+            .await
+            .unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let change = record(&[("new", "2")], MINUTE);
+    assert!(!store.save(&merged, &change, SaveMode::Merge).await.unwrap());
+    assert!(!store
+        .save(&replaced, &change, SaveMode::Replace)
+        .await
+        .unwrap());
+    let later = Timestamp::now().saturating_add(MINUTE);
+    assert!(!store.touch(&touched, later).await.unwrap());
+    for key in [&merged, &replaced, &touched] {
+        assert!(
+            store.load(key).await.unwrap().is_none(),
+            "an expired record came back"
+        );
+    }
+    // The key is free for a create, which starts from nothing.
+    assert!(store.create(&merged, &change).await.unwrap());
+    let loaded = store.load(&merged).await.unwrap().unwrap();
+    assert_eq!(loaded.fields, fields_of(&[("new", "2")]));
+}
+
+/// `save`, in both modes, stores the `created_at` and `expires_at` it is given.
+pub async fn save_stores_both_times(store: &dyn Store) {
     for mode in [SaveMode::Merge, SaveMode::Replace] {
         let key = key();
-        let written = record(&[("a", "1")], MINUTE);
-        store.save(&key, &written, mode).await.unwrap();
-        let loaded = store.load(&key).await.unwrap().expect("saved record loads");
-        assert_eq!(loaded.fields, written.fields, "{mode:?}");
+        assert!(store
+            .create(&key, &record(&[("a", "1")], MINUTE))
+            .await
+            .unwrap());
+        let now = Timestamp::now();
+        let write = Record {
+            fields: fields_of(&[("a", "2")]),
+            created_at: Timestamp::from_millis(now.as_millis() - 3_600_000),
+            expires_at: now.saturating_add(Duration::from_secs(7200)),
+        };
+        assert!(store.save(&key, &write, mode).await.unwrap(), "{mode:?}");
+        let loaded = store.load(&key).await.unwrap().unwrap();
+        assert_close(loaded.created_at, write.created_at, "created_at after save");
+        assert_close(loaded.expires_at, write.expires_at, "expires_at after save");
     }
 }
 
@@ -137,7 +216,7 @@ pub async fn merge_writes_only_given_fields(store: &dyn Store) {
     );
     store.create(&key, &base).await.unwrap();
     let change = record(&[("views", "2")], MINUTE);
-    store.save(&key, &change, SaveMode::Merge).await.unwrap();
+    assert!(store.save(&key, &change, SaveMode::Merge).await.unwrap());
     let loaded = store.load(&key).await.unwrap().unwrap();
     assert_eq!(
         loaded.fields,
@@ -152,10 +231,10 @@ pub async fn replace_writes_the_whole_record(store: &dyn Store) {
         .create(&key, &record(&[("a", "1"), ("b", "2")], MINUTE))
         .await
         .unwrap();
-    store
+    assert!(store
         .save(&key, &record(&[("c", "3")], MINUTE), SaveMode::Replace)
         .await
-        .unwrap();
+        .unwrap());
     let loaded = store.load(&key).await.unwrap().unwrap();
     assert_eq!(loaded.fields, fields_of(&[("c", "3")]));
 }
@@ -181,7 +260,7 @@ pub async fn touch_moves_only_the_deadline(store: &dyn Store) {
     let short = record(&[("a", "1")], Duration::from_secs(2));
     store.create(&key, &short).await.unwrap();
     let later = Timestamp::now().saturating_add(Duration::from_secs(120));
-    store.touch(&key, later).await.unwrap();
+    assert!(store.touch(&key, later).await.unwrap());
     let loaded = store.load(&key).await.unwrap().unwrap();
     assert_eq!(loaded.fields, short.fields);
     assert_close(loaded.expires_at, later, "touched expires_at");
@@ -197,7 +276,7 @@ pub async fn touch_moves_only_the_deadline(store: &dyn Store) {
     );
 
     let absent = self::key();
-    store.touch(&absent, later).await.unwrap();
+    assert!(!store.touch(&absent, later).await.unwrap());
     assert!(store.load(&absent).await.unwrap().is_none());
 }
 
@@ -236,7 +315,7 @@ pub async fn concurrent_writers_on_different_fields_lose_nothing(store: &dyn Sto
         let name = format!("f{i}");
         async move {
             let rec = record(&[(name.as_str(), &i.to_string())], MINUTE);
-            store.save(&key, &rec, SaveMode::Merge).await.unwrap();
+            assert!(store.save(&key, &rec, SaveMode::Merge).await.unwrap());
         }
     });
     join_all(writes).await;
@@ -298,7 +377,9 @@ macro_rules! store_conformance_tests {
     ($make:expr) => {
         $crate::store_conformance_tests!(@tests $make;
             round_trip,
-            save_creates_missing_records,
+            saves_never_create,
+            expired_records_are_not_revived,
+            save_stores_both_times,
             delete_removes,
             create_detects_collisions,
             create_is_atomic,
@@ -461,11 +542,11 @@ impl<S: Store> Store for FaultStore<S> {
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.disturb(Op::Save).await?;
         self.inner.save(key, record, mode).await
     }
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         self.disturb(Op::Touch).await?;
         self.inner.touch(key, expires_at).await
     }

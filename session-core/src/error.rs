@@ -36,6 +36,18 @@ pub enum SessionError {
     /// A second `Session` was extracted while the first was still alive in the same request.
     #[error("the session was extracted twice at once in one request; take it once per handler")]
     AlreadyExtracted,
+    /// The session ended while this request used it: another request destroyed it (a
+    /// logout) or regenerated it (a login), or it expired. The store had no record to write
+    /// over, so nothing was written: only a new session is ever created. The session now
+    /// reads as empty; writing to it starts a new session under a fresh id.
+    ///
+    /// Returned by [`Session::save`](crate::Session::save) and
+    /// [`Session::reload`](crate::Session::reload). At the end of a request the same finding
+    /// is not an error: the changes are dropped and the response clears the cookie.
+    #[error(
+        "the session has ended (destroyed, regenerated or expired elsewhere); nothing was written"
+    )]
+    Ended,
     /// The extractor ran on a request that did not pass through `SessionLayer`.
     #[error("`Session` was extracted on a route without `SessionLayer`, or outside the layer's cookie path")]
     MissingLayer,

@@ -71,6 +71,9 @@ struct Inner {
     regenerate: bool,
     /// `destroy()` ran.
     destroy: bool,
+    /// The store had no live record when this request wrote or touched the session: another
+    /// request destroyed or regenerated it, or it expired. The session has ended.
+    ended: bool,
     /// Data or id changed during this request (stays set after an early save).
     modified: bool,
     /// The session got a new id during this request (new or regenerated).
@@ -277,7 +280,8 @@ impl RequestState {
         self.lock().destroy = true;
     }
 
-    /// Drops unsaved changes and reads the session again from the store.
+    /// Drops unsaved changes and reads the session again from the store. A stored session
+    /// whose record is gone has ended: [`SessionError::Ended`].
     pub(crate) async fn reload<V: SessionView>(&self) -> Result<V, SessionError> {
         let id = {
             let mut inner = self.lock();
@@ -289,12 +293,13 @@ impl RequestState {
             let record = self
                 .call(self.config.store.load(&self.store_key(id)))
                 .await?;
-            let record = record.filter(|r| self.is_live(r, Timestamp::now()));
-            let mut inner = self.lock();
-            if record.is_none() {
-                inner.id = None;
+            match record.filter(|r| self.is_live(r, Timestamp::now())) {
+                Some(record) => self.lock().record = Some(record),
+                None => {
+                    self.lock().end();
+                    return Err(SessionError::Ended);
+                }
             }
-            inner.record = record;
         }
         Ok(self.lock().view())
     }
@@ -317,7 +322,8 @@ impl RequestState {
         let result = self.apply_rules().await;
         let held = self.lock().held.take();
         if let Some(held) = held {
-            if let Err(error) = held.release().await {
+            // Under the store timeout: a release that hangs must not hold the response.
+            if let Err(error) = self.call(held.release()).await {
                 tracing::warn!(%error, "could not release the session lock; it lapses with its lease");
             }
         }
@@ -345,22 +351,29 @@ impl RequestState {
             let mut inner = self.lock();
             inner.record = None;
             inner.id = None;
-            let sent_cookie = inner.lookup.present || inner.id_issued;
-            return Ok(if sent_cookie && self.can_set_cookie() {
-                CookieAction::Clear
-            } else {
-                CookieAction::Keep
-            });
+            return Ok(self.clearing_cookie(&inner));
         }
-        self.persist(false).await?;
-        // A failed keep-alive costs the session some lifetime, not the request its answer.
-        if let Err(error) = self.touch().await {
-            tracing::warn!(%error, "could not extend the session's deadline");
+        match self.persist(false).await {
+            Ok(()) => {}
+            Err(SessionError::Ended) => return Ok(self.ended()),
+            Err(error) => return Err(error),
+        }
+        match self.touch().await {
+            Ok(()) => {}
+            Err(SessionError::Ended) => return Ok(self.ended()),
+            // A failed keep-alive costs the session some lifetime, not the request its answer.
+            Err(error) => tracing::warn!(%error, "could not extend the session's deadline"),
         }
 
         let inner = self.lock();
         let (Some(id), true) = (inner.id, inner.record.is_some()) else {
-            return Ok(CookieAction::Keep);
+            // Ended earlier in the request (an explicit save or reload found it gone) and
+            // not started again.
+            return Ok(if inner.ended {
+                self.clearing_cookie(&inner)
+            } else {
+                CookieAction::Keep
+            });
         };
         let fresh = !inner.existed || inner.id_issued;
         let send = if fresh {
@@ -377,6 +390,25 @@ impl RequestState {
         } else {
             CookieAction::Keep
         })
+    }
+
+    /// The cookie of a session that ended under this request: another request destroyed or
+    /// regenerated it, or it expired, between this request's load and its save. Nothing of
+    /// this request was written; the response clears the cookie so the browser stops sending
+    /// an id that leads nowhere, and keeps its status and body.
+    fn ended(&self) -> CookieAction {
+        tracing::info!("the session ended while this request used it (logged out or regenerated elsewhere, or expired); its changes are dropped");
+        self.clearing_cookie(&self.lock())
+    }
+
+    /// A cookie that removes the session cookie, if the browser has one and would take it.
+    fn clearing_cookie(&self, inner: &Inner) -> CookieAction {
+        let sent_cookie = inner.lookup.present || inner.id_issued;
+        if sent_cookie && self.can_set_cookie() {
+            CookieAction::Clear
+        } else {
+            CookieAction::Keep
+        }
     }
 
     /// Writes pending changes if the rules say so. `explicit` is an app-requested save.
@@ -402,7 +434,11 @@ impl RequestState {
             if !needed {
                 return Ok(());
             }
-            let created = inner.record.as_ref().map_or(now, |r| r.created_at);
+            // A regeneration (a login) starts the absolute-timeout window again.
+            let created = match inner.record.as_ref() {
+                Some(record) if !inner.regenerate => record.created_at,
+                _ => now,
+            };
             let write = Record {
                 fields: mem::take(&mut inner.pending),
                 created_at: created,
@@ -467,22 +503,19 @@ impl RequestState {
                 }
                 Some(id)
             }
-            Write::Replace(id, whole) => {
-                self.call(
-                    config
-                        .store
-                        .save(&self.store_key(*id), whole, SaveMode::Replace),
-                )
-                .await?;
-                None
-            }
-            Write::Merge(id, changes) => {
-                self.call(
-                    config
-                        .store
-                        .save(&self.store_key(*id), changes, SaveMode::Merge),
-                )
-                .await?;
+            Write::Replace(id, record) | Write::Merge(id, record) => {
+                let mode = match write {
+                    Write::Replace(..) => SaveMode::Replace,
+                    _ => SaveMode::Merge,
+                };
+                let saved = self
+                    .call(config.store.save(&self.store_key(*id), record, mode))
+                    .await?;
+                if !saved {
+                    // Only `create` creates: the record is gone, so is the session.
+                    self.lock().end();
+                    return Err(SessionError::Ended);
+                }
                 None
             }
         };
@@ -523,6 +556,7 @@ impl RequestState {
     }
 
     /// Extends an unchanged existing session's deadline, at most once per `touch_after`.
+    /// [`SessionError::Ended`] when the record is gone.
     async fn touch(&self) -> Result<(), SessionError> {
         let now = Timestamp::now();
         let (id, deadline) = {
@@ -543,9 +577,15 @@ impl RequestState {
             }
             (id, deadline)
         };
-        self.call(self.config.store.touch(&self.store_key(id), deadline))
+        let touched = self
+            .call(self.config.store.touch(&self.store_key(id), deadline))
             .await?;
-        if let Some(record) = self.lock().record.as_mut() {
+        let mut inner = self.lock();
+        if !touched {
+            inner.end();
+            return Err(SessionError::Ended);
+        }
+        if let Some(record) = inner.record.as_mut() {
             record.expires_at = deadline;
         }
         Ok(())
@@ -575,6 +615,18 @@ fn merged_len(record: &Record, changes: &Fields) -> usize {
 }
 
 impl Inner {
+    /// Forgets a session whose record is gone, with its unsaved changes. A later write in
+    /// the same request starts a new session under a fresh id.
+    fn end(&mut self) {
+        self.ended = true;
+        self.modified = false;
+        self.record = None;
+        self.id = None;
+        self.pending.clear();
+        self.replace = false;
+        self.regenerate = false;
+    }
+
     fn view<V: SessionView>(&self) -> V {
         let empty = Fields::new();
         let stored = match (&self.record, self.replace) {

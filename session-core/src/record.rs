@@ -116,7 +116,7 @@ impl Record {
 pub enum SaveMode {
     /// The record holds only the changed fields: write them over the stored ones and keep
     /// every other stored field (including fields the application no longer knows). If no
-    /// record is stored, create one from what is given.
+    /// live record is stored, nothing is written.
     Merge,
     /// The record is the whole session: stored fields absent from it are removed.
     Replace,

@@ -88,11 +88,11 @@ impl Store for RecordingStore {
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.record("save", key, Some(record), Some(mode));
         self.inner.save(key, record, mode).await
     }
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         self.record("touch", key, None, None);
         self.inner.touch(key, expires_at).await
     }

@@ -72,7 +72,7 @@ macro_rules! sql_store_tests {
         $(,)?
     ) => {
         $crate::sql_store_tests!(@shared $store;
-            merge_into_an_expired_row_replaces_it_whole,
+            merge_into_an_expired_row_writes_nothing,
             create_takes_over_an_expired_key_exactly_once,
             merged_values_round_trip_byte_exact,
             a_row_whose_data_is_not_an_object_is_corrupt,
@@ -167,10 +167,7 @@ pub async fn expired_rows_are_invisible_before_the_purge_and_purge_removes_them(
     store: impl SqlTestStore,
 ) {
     let dead = key();
-    store
-        .save(&dead, &expired(&[("a", "1")]), SaveMode::Replace)
-        .await
-        .unwrap();
+    assert!(store.create(&dead, &expired(&[("a", "1")])).await.unwrap());
     let live = key();
     store
         .create(&live, &record(&[("a", "1")], MINUTE))
@@ -179,10 +176,10 @@ pub async fn expired_rows_are_invisible_before_the_purge_and_purge_removes_them(
 
     assert_eq!(store.rows().await, 2, "the expired row is still stored");
     assert!(store.load(&dead).await.unwrap().is_none());
-    store
+    assert!(!store
         .touch(&dead, Timestamp::now().saturating_add(MINUTE))
         .await
-        .unwrap();
+        .unwrap());
     assert!(
         store.load(&dead).await.unwrap().is_none(),
         "touch does not revive a row"
@@ -197,10 +194,7 @@ pub async fn expired_rows_are_invisible_before_the_purge_and_purge_removes_them(
 /// The purge task deletes expired rows in the background and ends when the store is dropped.
 pub async fn purge_task_purges_in_the_background_and_ends_with_the_store(store: impl SqlTestStore) {
     for _ in 0..3 {
-        store
-            .save(&key(), &expired(&[("a", "1")]), SaveMode::Replace)
-            .await
-            .unwrap();
+        assert!(store.create(&key(), &expired(&[("a", "1")])).await.unwrap());
     }
     let task = store.spawn_purge_task(Duration::from_millis(50));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -245,37 +239,31 @@ pub async fn instances_starting_together_create_the_table_once(store: impl SqlTe
     store.drop_table().await;
 }
 
-/// Merging into an expired row replaces it: the fields of the dead session do not come back.
-pub async fn merge_into_an_expired_row_replaces_it_whole(store: &impl Store) {
+/// A merge into an expired row (not purged yet) writes nothing: the session has ended and
+/// its fields never come back, not even beside the new ones.
+pub async fn merge_into_an_expired_row_writes_nothing(store: &impl Store) {
     let key = key();
-    store
-        .save(
-            &key,
-            &expired(&[("old", "1"), ("a", "1")]),
-            SaveMode::Replace,
-        )
+    assert!(store
+        .create(&key, &expired(&[("old", "1"), ("a", "1")]))
         .await
-        .unwrap();
-    store
+        .unwrap());
+    assert!(!store
         .save(&key, &record(&[("a", "2")], MINUTE), SaveMode::Merge)
         .await
-        .unwrap();
-    let loaded = store.load(&key).await.unwrap().unwrap();
-    let names: Vec<&str> = loaded.fields.keys().map(|k| &**k).collect();
-    assert_eq!(
-        names,
-        ["a"],
-        "fields of the expired session do not come back"
+        .unwrap());
+    assert!(
+        store.load(&key).await.unwrap().is_none(),
+        "the expired session came back"
     );
 }
 
 /// Of several creates racing for an expired key, exactly one wins.
 pub async fn create_takes_over_an_expired_key_exactly_once(store: &impl Store) {
     let key = key();
-    store
-        .save(&key, &expired(&[("owner", "\"old\"")]), SaveMode::Replace)
+    assert!(store
+        .create(&key, &expired(&[("owner", "\"old\"")]))
         .await
-        .unwrap();
+        .unwrap());
     let won = join_all((0..8).map(|i| async move {
         let value = format!("\"{i}\"");
         store

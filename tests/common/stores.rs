@@ -65,3 +65,12 @@ pub async fn memcached() -> Option<Arc<dyn Store>> {
     let store = server_or_skip("memcached", MemcachedStore::connect(&url).await)?;
     Some(Arc::new(store))
 }
+
+/// Redis behind an in-process cache, as the counter app's `SESSION_CACHE` sets it up.
+pub async fn cached_redis() -> Option<Arc<dyn Store>> {
+    let backing = redis().await?;
+    Some(Arc::new(
+        session_core::store::CachingStore::new(backing)
+            .with_max_staleness(std::time::Duration::from_millis(500)),
+    ))
+}

@@ -162,33 +162,35 @@ impl<S: Store> Store for CachingStore<S> {
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let fetched = Instant::now();
         let result = self.inner.save(key, record, mode).await;
         let mut shard = self.shard(key);
-        match (result.is_ok(), mode, shard.get_mut(key)) {
+        match (&result, mode, shard.get_mut(key)) {
             // A whole write: the cache now holds exactly what the store holds.
-            (true, SaveMode::Replace, _) => {
+            (Ok(true), SaveMode::Replace, _) => {
                 drop(shard);
                 self.put(key, record.clone(), fetched);
             }
             // A partial write: other fields may have changed elsewhere, so the copy keeps
             // its old fetch time and still expires on schedule.
-            (true, SaveMode::Merge, Some(entry)) => entry.record.apply(record, mode),
-            (true, SaveMode::Merge, None) => {}
-            (false, _, _) => {
+            (Ok(true), SaveMode::Merge, Some(entry)) => entry.record.apply(record, mode),
+            (Ok(true), SaveMode::Merge, None) => {}
+            // Gone from the store (deleted or revoked by another instance), or failed: the
+            // copy must not serve it again.
+            (Ok(false) | Err(_), _, _) => {
                 shard.remove(key);
             }
         }
         result
     }
 
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         let result = self.inner.touch(key, expires_at).await;
         let mut shard = self.shard(key);
-        match (result.is_ok(), shard.get_mut(key)) {
-            (true, Some(entry)) => entry.record.expires_at = expires_at,
-            (false, Some(_)) => {
+        match (&result, shard.get_mut(key)) {
+            (Ok(true), Some(entry)) => entry.record.expires_at = expires_at,
+            (Ok(false) | Err(_), Some(_)) => {
                 shard.remove(key);
             }
             _ => {}

@@ -293,31 +293,30 @@ impl Store for FileStore {
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.start_reaper();
         let record = record.clone();
-        self.locked(key, move |inner, key| match mode {
-            // The whole record is given: nothing stored is kept, so nothing needs reading.
-            SaveMode::Replace => inner.write(key, &record),
-            SaveMode::Merge => match inner.read_live(key, Timestamp::now())? {
-                Some(mut stored) => {
-                    stored.apply(&record, mode);
-                    inner.write(key, &stored)
-                }
-                None => inner.write(key, &record),
-            },
+        self.locked(key, move |inner, key| {
+            // Only a live record is written over; a missing or expired one stays gone.
+            let Some(mut stored) = inner.read_live(key, Timestamp::now())? else {
+                return Ok(false);
+            };
+            stored.apply(&record, mode);
+            inner.write(key, &stored)?;
+            Ok(true)
         })
         .await
     }
 
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         self.start_reaper();
         self.locked(key, move |inner, key| {
-            if let Some(mut stored) = inner.read_live(key, Timestamp::now())? {
-                stored.expires_at = expires_at;
-                inner.write(key, &stored)?;
-            }
-            Ok(())
+            let Some(mut stored) = inner.read_live(key, Timestamp::now())? else {
+                return Ok(false);
+            };
+            stored.expires_at = expires_at;
+            inner.write(key, &stored)?;
+            Ok(true)
         })
         .await
     }

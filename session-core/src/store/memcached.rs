@@ -257,47 +257,40 @@ impl MemcachedStore {
         Err(contended(item_key))
     }
 
-    /// Reads the item, lets `change` compute what to write, and writes it only if no one wrote
-    /// in between, until that succeeds. `change` gets the stored record (`None` if absent or
+    /// Reads the item, lets `change` compute what to write, and writes it with `cas` only if no
+    /// one wrote in between, until that succeeds. `change` gets the stored record (`None` if
     /// past its deadline, `Err` if unreadable) and returns the record to write, or `None` to
-    /// write nothing.
+    /// write nothing. An absent item is never written: this only updates. Returns whether it
+    /// wrote.
     async fn update(
         &self,
         item_key: &str,
         change: impl Fn(Option<Result<Record, StoreError>>) -> Result<Option<Record>, StoreError>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         for attempt in 0..MAX_CAS_ATTEMPTS {
             backoff(attempt).await;
-            let stored = self.pool.gets(item_key).await?;
+            let Some((bytes, cas)) = self.pool.gets(item_key).await? else {
+                return Ok(false);
+            };
             let now = Timestamp::now();
-            let (current, cas) = match &stored {
-                None => (None, None),
-                Some((bytes, cas)) => match decode(bytes) {
-                    Ok(record) if record.is_expired(now) => (None, Some(*cas)),
-                    Ok(record) => (Some(Ok(record)), Some(*cas)),
-                    Err(error) => (Some(Err(error)), Some(*cas)),
-                },
+            let current = match decode(&bytes) {
+                Ok(record) if record.is_expired(now) => None,
+                Ok(record) => Some(Ok(record)),
+                Err(error) => Some(Err(error)),
             };
             let Some(write) = change(current)? else {
-                return Ok(());
+                return Ok(false);
             };
             let data = self.encode(&write)?;
             let exptime = expiry_seconds(write.expires_at, now);
-            let reply = match cas {
-                Some(cas) => {
-                    self.pool
-                        .store(Verb::Cas, item_key, exptime, &data, Some(cas))
-                        .await?
-                }
-                None => {
-                    self.pool
-                        .store(Verb::Add, item_key, exptime, &data, None)
-                        .await?
-                }
-            };
-            match reply {
-                Reply::Stored => return Ok(()),
-                // Someone wrote (or the item expired) in between: read again.
+            match self
+                .pool
+                .store(Verb::Cas, item_key, exptime, &data, Some(cas))
+                .await?
+            {
+                Reply::Stored => return Ok(true),
+                // Someone wrote in between: read again. An item deleted or expired in between
+                // answers NOT_FOUND, and the next read finds it gone.
                 Reply::Exists | Reply::NotFound | Reply::NotStored => {}
                 other => return Err(unexpected(other)),
             }
@@ -338,48 +331,29 @@ impl Store for MemcachedStore {
             .await
     }
 
+    /// Both modes are a `gets`/`cas` loop over a live item: an absent or expired one is never
+    /// written again (saves never create), and an unreadable one is left as it is on a merge.
     async fn save(
         &self,
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let item_key = self.memcached_key(key);
-        match mode {
-            SaveMode::Replace => {
-                let data = self.encode(record)?;
-                let exptime = expiry_seconds(record.expires_at, Timestamp::now());
-                self.within(async {
-                    match self
-                        .pool
-                        .store(Verb::Set, &item_key, exptime, &data, None)
-                        .await?
-                    {
-                        Reply::Stored => Ok(()),
-                        other => Err(unexpected(other)),
-                    }
-                })
-                .await
+        self.within(self.update(&item_key, |current| match (current, mode) {
+            (None, _) => Ok(None),
+            (Some(Ok(mut stored)), _) => {
+                stored.apply(record, mode);
+                Ok(Some(stored))
             }
-            SaveMode::Merge => {
-                self.within(self.update(&item_key, |current| {
-                    let mut merged = match current {
-                        Some(Ok(stored)) => stored,
-                        Some(Err(error)) => {
-                            tracing::warn!(%error, "replacing an unreadable memcached session record");
-                            return Ok(Some(record.clone()));
-                        }
-                        None => return Ok(Some(record.clone())),
-                    };
-                    merged.apply(record, SaveMode::Merge);
-                    Ok(Some(merged))
-                }))
-                .await
-            }
-        }
+            // The whole record is given: nothing stored needs reading.
+            (Some(Err(_)), SaveMode::Replace) => Ok(Some(record.clone())),
+            (Some(Err(error)), SaveMode::Merge) => Err(error),
+        }))
+        .await
     }
 
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         let item_key = self.memcached_key(key);
         self.within(self.update(&item_key, |current| match current {
             Some(Ok(mut stored)) => {
@@ -689,7 +663,6 @@ impl Pool {
 /// A storage command.
 #[derive(Clone, Copy, Debug)]
 enum Verb {
-    Set,
     Add,
     Cas,
 }
@@ -697,7 +670,6 @@ enum Verb {
 impl Verb {
     fn as_str(self) -> &'static str {
         match self {
-            Self::Set => "set",
             Self::Add => "add",
             Self::Cas => "cas",
         }

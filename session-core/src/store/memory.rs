@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,10 +13,15 @@ use crate::record::{Fields, Record, SaveMode, Timestamp};
 
 const SHARDS: usize = 64;
 const DEFAULT_CAPACITY: usize = 100_000;
+/// The default byte budget: with the layer's default record limit (128 KiB) a flood needs
+/// over a thousand full-size sessions to reach it.
+const DEFAULT_MAX_BYTES: usize = 128 << 20;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// When the store is full, one pass over a shard evicts this fraction of it, so the cost of
 /// the pass is spread over many inserts.
 const EVICT_FRACTION: usize = 16;
+/// What a record costs beyond its field bytes: the map entry, the key, the times, the slice.
+const RECORD_OVERHEAD: usize = 96;
 
 /// A record as the memory store keeps it: fields in a sorted slice rather than a map (a map
 /// node has room for eleven entries; a session usually has a few), keyed by the raw digest.
@@ -24,6 +29,9 @@ struct Stored {
     fields: Box<[(Arc<str>, Arc<str>)]>,
     created_at: Timestamp,
     expires_at: Timestamp,
+    /// A client came back with this session's cookie at least once. Sessions that never
+    /// came back (a flood of cookieless requests is made of them) are evicted first.
+    returned: bool,
 }
 
 impl Stored {
@@ -36,6 +44,7 @@ impl Stored {
                 .collect(),
             created_at: record.created_at,
             expires_at: record.expires_at,
+            returned: false,
         }
     }
 
@@ -51,10 +60,23 @@ impl Stored {
         self.expires_at <= now
     }
 
+    /// The bytes this record counts against the store's budget.
+    fn size(&self) -> usize {
+        RECORD_OVERHEAD
+            + self
+                .fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
     /// Writes `write` over this record as `mode` says.
     fn apply(&mut self, write: &Record, mode: SaveMode) {
         if mode == SaveMode::Replace {
-            *self = Self::new(write);
+            *self = Self {
+                returned: self.returned,
+                ..Self::new(write)
+            };
             return;
         }
         // Both sides are sorted by name: merge them, the write winning on equal names.
@@ -84,10 +106,19 @@ type Shard = HashMap<[u8; 32], Stored>;
 /// - **Swept**: a background task (started on first write inside a Tokio runtime) removes
 ///   expired records every minute, or as [`with_sweep_interval`](Self::with_sweep_interval)
 ///   says. It stops when the last clone of the store is dropped.
-/// - **Bounded**: at most [`with_capacity`](Self::with_capacity) records (100 000 by
-///   default). When the store is full, a new record first clears the expired ones out of its
-///   shard, and if that is not enough evicts the sixteenth of the shard closest to expiry, so
-///   a flood of new sessions cannot grow memory without limit.
+/// - **Bounded in count and in bytes**: at most [`with_capacity`](Self::with_capacity)
+///   records (100 000 by default) and at most [`with_max_bytes`](Self::with_max_bytes) bytes
+///   of records (128 MiB by default; each record counts its field names and values plus
+///   96 bytes). A new record that would pass either bound makes room in its shard first:
+///   1. expired records go;
+///   2. then sessions that never came back: created, but never loaded again by a request
+///      carrying their cookie. A flood of cookieless requests is made only of these, so it
+///      evicts itself and leaves the sessions of real, returning users alone;
+///   3. only when the shard has none of those left, returning sessions closest to expiry.
+///
+///   Each pass evicts a sixteenth of the shard (or more, for bytes), so its cost is spread
+///   over many inserts. Saves that grow a record are not refused; the next new record makes
+///   room. [`evictions`](Self::evictions) counts evicted live records.
 /// - **Locks**: per-session locks
 ///   ([`with_session_lock`](crate::SessionLayer::with_session_lock)) are held in process.
 ///
@@ -101,39 +132,51 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     locks: LocalLocks,
     capacity: usize,
+    max_bytes: usize,
     /// Records held, expired ones not yet removed included.
     len: AtomicUsize,
+    /// Their bytes, as [`Stored::size`] counts them.
+    bytes: AtomicUsize,
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
     evictions: AtomicUsize,
 }
 
 impl MemoryStore {
-    /// A store holding at most 100 000 sessions.
+    /// A store holding at most 100 000 sessions and 128 MiB of them.
     pub fn new() -> Self {
-        Self::build(DEFAULT_CAPACITY, DEFAULT_SWEEP_INTERVAL)
+        Self::build(DEFAULT_CAPACITY, DEFAULT_MAX_BYTES, DEFAULT_SWEEP_INTERVAL)
     }
 
     /// Sets the most sessions the store holds. Drops what the store held before.
     #[must_use]
     pub fn with_capacity(self, capacity: usize) -> Self {
-        Self::build(capacity, self.inner.sweep_interval)
+        Self::build(capacity, self.inner.max_bytes, self.inner.sweep_interval)
+    }
+
+    /// Sets the most bytes of sessions the store holds (field names and values, plus 96
+    /// bytes per record). Drops what the store held before.
+    #[must_use]
+    pub fn with_max_bytes(self, max_bytes: usize) -> Self {
+        Self::build(self.inner.capacity, max_bytes, self.inner.sweep_interval)
     }
 
     /// Sets how often expired records are swept. Drops what the store held before.
     #[must_use]
     pub fn with_sweep_interval(self, interval: Duration) -> Self {
-        Self::build(self.inner.capacity, interval)
+        Self::build(self.inner.capacity, self.inner.max_bytes, interval)
     }
 
-    fn build(capacity: usize, sweep_interval: Duration) -> Self {
+    fn build(capacity: usize, max_bytes: usize, sweep_interval: Duration) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect();
         Self {
             inner: Arc::new(Inner {
                 shards,
                 locks: LocalLocks::new(),
                 capacity: capacity.max(1),
+                max_bytes: max_bytes.max(RECORD_OVERHEAD),
                 len: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
                 sweep_interval: sweep_interval.max(Duration::from_millis(10)),
                 sweeper_started: AtomicBool::new(false),
                 evictions: AtomicUsize::new(0),
@@ -151,6 +194,12 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// The bytes of the records the store holds, as counted against
+    /// [`with_max_bytes`](Self::with_max_bytes).
+    pub fn bytes(&self) -> usize {
+        self.inner.bytes.load(Ordering::Relaxed)
+    }
+
     /// How many live records were evicted because the store was full.
     pub fn evictions(&self) -> usize {
         self.inner.evictions.load(Ordering::Relaxed)
@@ -163,42 +212,120 @@ impl MemoryStore {
     /// Inserts a record for a key the shard does not hold, making room first if the store
     /// is full.
     fn insert_new(&self, shard: &mut Shard, key: [u8; 32], stored: Stored, now: Timestamp) {
-        if self.inner.len.load(Ordering::Relaxed) >= self.inner.capacity {
-            self.make_room(shard, now);
+        let size = stored.size();
+        if self.is_full(size) {
+            self.make_room(shard, shard_of(&key), now, size);
         }
         shard.insert(key, stored);
         self.inner.len.fetch_add(1, Ordering::Relaxed);
+        self.inner.bytes.fetch_add(size, Ordering::Relaxed);
     }
 
-    /// Removes `key` from the shard, keeping the count right.
-    fn remove(&self, shard: &mut Shard, key: &[u8; 32]) {
-        if shard.remove(key).is_some() {
-            self.inner.len.fetch_sub(1, Ordering::Relaxed);
+    /// Whether a new record of `size` bytes would pass a bound.
+    fn is_full(&self, size: usize) -> bool {
+        self.inner.len.load(Ordering::Relaxed) >= self.inner.capacity
+            || self.inner.bytes.load(Ordering::Relaxed) + size > self.inner.max_bytes
+    }
+
+    /// Replaces a stored record's content, keeping the byte count right.
+    fn rewrite(&self, stored: &mut Stored, write: impl FnOnce(&mut Stored)) {
+        let before = stored.size();
+        write(stored);
+        let after = stored.size();
+        if after >= before {
+            self.inner
+                .bytes
+                .fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.inner
+                .bytes
+                .fetch_sub(before - after, Ordering::Relaxed);
         }
     }
 
-    fn make_room(&self, shard: &mut Shard, now: Timestamp) {
-        let before = shard.len();
-        shard.retain(|_, stored| !stored.is_expired(now));
-        let mut removed = before - shard.len();
-        if removed == 0 && !shard.is_empty() {
-            let batch = (shard.len() / EVICT_FRACTION).max(1);
-            let mut by_expiry: Vec<(Timestamp, [u8; 32])> =
-                shard.iter().map(|(k, s)| (s.expires_at, *k)).collect();
-            by_expiry.select_nth_unstable(batch - 1);
-            for (_, key) in &by_expiry[..batch] {
-                shard.remove(key);
+    /// Removes `key` from the shard, keeping the counts right.
+    fn remove(&self, shard: &mut Shard, key: &[u8; 32]) {
+        if let Some(stored) = shard.remove(key) {
+            self.inner.forget(1, stored.size());
+        }
+    }
+
+    /// Frees room for a record of `size` bytes about to go into shard `home`, as the type's
+    /// docs describe: sessions that never returned go first, from `home`, then from the other
+    /// shards; returning sessions only when none of those are left anywhere. Other shards are
+    /// only tried, never waited for, so two inserts cannot deadlock.
+    fn make_room(&self, shard: &mut Shard, home: usize, now: Timestamp, size: usize) {
+        let mut evicted = 0;
+        'passes: for returning_too in [false, true] {
+            if self.evict_from(shard, now, size, returning_too, &mut evicted) {
+                break;
             }
-            removed = batch;
-            let evicted = self.inner.evictions.fetch_add(batch, Ordering::Relaxed);
-            if evicted == 0 {
+            for index in (0..SHARDS).filter(|&i| i != home) {
+                let mut other = match self.inner.shards[index].try_lock() {
+                    Ok(other) => other,
+                    Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                    Err(TryLockError::WouldBlock) => continue,
+                };
+                if self.evict_from(&mut other, now, size, returning_too, &mut evicted) {
+                    break 'passes;
+                }
+            }
+        }
+        if evicted > 0 {
+            let before = self.inner.evictions.fetch_add(evicted, Ordering::Relaxed);
+            if before == 0 {
                 tracing::warn!(
                     capacity = self.inner.capacity,
-                    "memory session store is full; evicting the sessions closest to expiry"
+                    max_bytes = self.inner.max_bytes,
+                    "memory session store is full; evicting sessions that never returned first"
                 );
             }
         }
-        self.inner.len.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// Evicts from one shard until a record of `size` bytes fits: expired records, then live
+    /// ones that never returned (and, with `returning_too`, the others), nearest deadline
+    /// first, a sixteenth of the shard at a time. Adds live evictions to `evicted`; returns
+    /// whether the record fits now.
+    fn evict_from(
+        &self,
+        shard: &mut Shard,
+        now: Timestamp,
+        size: usize,
+        returning_too: bool,
+        evicted: &mut usize,
+    ) -> bool {
+        let before = shard.len();
+        let mut freed = 0;
+        shard.retain(|_, stored| {
+            let keep = !stored.is_expired(now);
+            if !keep {
+                freed += stored.size();
+            }
+            keep
+        });
+        self.inner.forget(before - shard.len(), freed);
+        while self.is_full(size) {
+            let mut order: Vec<(bool, Timestamp, [u8; 32])> = shard
+                .iter()
+                .filter(|(_, s)| returning_too || !s.returned)
+                .map(|(k, s)| (s.returned, s.expires_at, *k))
+                .collect();
+            if order.is_empty() {
+                return false;
+            }
+            let batch = (shard.len() / EVICT_FRACTION).clamp(1, order.len());
+            order.select_nth_unstable(batch - 1);
+            let mut freed = 0;
+            for (_, _, key) in &order[..batch] {
+                if let Some(stored) = shard.remove(key) {
+                    freed += stored.size();
+                }
+            }
+            self.inner.forget(batch, freed);
+            *evicted += batch;
+        }
+        true
     }
 
     fn start_sweeper(&self) {
@@ -237,11 +364,24 @@ impl Inner {
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             let before = shard.len();
-            shard.retain(|_, stored| !stored.is_expired(now));
+            let mut freed = 0;
+            shard.retain(|_, stored| {
+                let keep = !stored.is_expired(now);
+                if !keep {
+                    freed += stored.size();
+                }
+                keep
+            });
+            self.forget(before - shard.len(), freed);
             removed += before - shard.len();
         }
-        self.len.fetch_sub(removed, Ordering::Relaxed);
         removed
+    }
+
+    /// Takes `records` records of `bytes` bytes in all off the counts.
+    fn forget(&self, records: usize, bytes: usize) {
+        self.len.fetch_sub(records, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -255,7 +395,9 @@ impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("capacity", &self.inner.capacity)
+            .field("max_bytes", &self.inner.max_bytes)
             .field("len", &self.len())
+            .field("bytes", &self.bytes())
             .field("sweep_interval", &self.inner.sweep_interval)
             .finish_non_exhaustive()
     }
@@ -266,6 +408,11 @@ impl std::fmt::Debug for MemoryStore {
 pub(super) fn shard_index(key: &StoreKey, shards: usize) -> usize {
     let bytes = key.as_str().as_bytes();
     (usize::from(hex_value(bytes[0])) << 4 | usize::from(hex_value(bytes[1]))) % shards
+}
+
+/// The shard of a raw digest: the same as [`shard_index`] of its hex key.
+fn shard_of(digest: &[u8; 32]) -> usize {
+    usize::from(digest[0]) % SHARDS
 }
 
 fn hex_value(byte: u8) -> u8 {
@@ -290,8 +437,11 @@ impl Store for MemoryStore {
         let now = Timestamp::now();
         let digest = key.digest();
         let mut shard = self.shard(key);
-        match shard.get(&digest) {
-            Some(stored) if !stored.is_expired(now) => Ok(Some(stored.to_record())),
+        match shard.get_mut(&digest) {
+            Some(stored) if !stored.is_expired(now) => {
+                stored.returned = true;
+                Ok(Some(stored.to_record()))
+            }
             Some(_) => {
                 self.remove(&mut shard, &digest);
                 Ok(None)
@@ -308,7 +458,7 @@ impl Store for MemoryStore {
         match shard.get_mut(&digest) {
             Some(stored) if !stored.is_expired(now) => Ok(false),
             Some(stored) => {
-                *stored = Stored::new(record);
+                self.rewrite(stored, |stored| *stored = Stored::new(record));
                 Ok(true)
             }
             None => {
@@ -323,27 +473,26 @@ impl Store for MemoryStore {
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
-        self.start_sweeper();
+    ) -> Result<bool, StoreError> {
         let now = Timestamp::now();
-        let digest = key.digest();
-        let mut shard = self.shard(key);
-        match shard.get_mut(&digest) {
-            Some(stored) if !stored.is_expired(now) => stored.apply(record, mode),
-            Some(stored) => *stored = Stored::new(record),
-            None => self.insert_new(&mut shard, digest, Stored::new(record), now),
+        match self.shard(key).get_mut(&key.digest()) {
+            Some(stored) if !stored.is_expired(now) => {
+                self.rewrite(stored, |stored| stored.apply(record, mode));
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        Ok(())
     }
 
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         let now = Timestamp::now();
-        if let Some(stored) = self.shard(key).get_mut(&key.digest()) {
-            if !stored.is_expired(now) {
+        match self.shard(key).get_mut(&key.digest()) {
+            Some(stored) if !stored.is_expired(now) => {
                 stored.expires_at = expires_at;
+                Ok(true)
             }
+            _ => Ok(false),
         }
-        Ok(())
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
@@ -436,10 +585,7 @@ mod tests {
         let expired = Record::new(now, now);
         // Fill every shard with expired records, then add live ones: no live record is evicted.
         for _ in 0..SHARDS * 16 {
-            store
-                .save(&key(), &expired, SaveMode::Replace)
-                .await
-                .unwrap();
+            assert!(store.create(&key(), &expired).await.unwrap());
         }
         let keys: Vec<StoreKey> = (0..8).map(|_| key()).collect();
         for k in &keys {
@@ -449,6 +595,75 @@ mod tests {
             assert!(store.load(k).await.unwrap().is_some());
         }
         assert_eq!(store.evictions(), 0);
+    }
+
+    fn record_of(bytes: usize) -> Record {
+        let mut record = live();
+        record
+            .fields
+            .insert(Arc::from("cart"), Arc::from("x".repeat(bytes)));
+        record
+    }
+
+    #[tokio::test]
+    async fn byte_budget_bounds_the_bytes_held() {
+        let store = MemoryStore::new().with_max_bytes(1 << 20);
+        for _ in 0..200 {
+            assert!(store.create(&key(), &record_of(64 << 10)).await.unwrap());
+        }
+        assert!(store.bytes() <= 1 << 20, "bytes = {}", store.bytes());
+        let held: usize = store
+            .inner
+            .shards
+            .iter()
+            .map(|s| lock(s).values().map(Stored::size).sum::<usize>())
+            .sum();
+        assert_eq!(held, store.bytes(), "the byte count matches the shards");
+        assert!(store.evictions() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_one_shot_sessions_evicts_itself_not_returning_users() {
+        let store = MemoryStore::new().with_capacity(SHARDS * 32);
+        // Real users: created, then back with their cookie (a load).
+        let users: Vec<StoreKey> = (0..SHARDS * 8).map(|_| key()).collect();
+        for user in &users {
+            store.create(user, &live()).await.unwrap();
+            assert!(store.load(user).await.unwrap().is_some());
+        }
+        // A flood of cookieless requests, each making a session nobody comes back to.
+        for _ in 0..SHARDS * 500 {
+            store.create(&key(), &live()).await.unwrap();
+        }
+        assert!(store.evictions() > 0);
+        for user in &users {
+            assert!(
+                store.load(user).await.unwrap().is_some(),
+                "a returning user's session was evicted by the flood"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn returning_sessions_are_evicted_when_nothing_else_is_left() {
+        let store = MemoryStore::new().with_capacity(SHARDS);
+        for _ in 0..SHARDS * 4 {
+            let k = key();
+            store.create(&k, &live()).await.unwrap();
+            store.load(&k).await.unwrap();
+        }
+        assert!(store.len() <= SHARDS, "len = {}", store.len());
+    }
+
+    #[tokio::test]
+    async fn save_and_touch_never_create() {
+        let store = MemoryStore::new();
+        let k = key();
+        assert!(!store.save(&k, &live(), SaveMode::Merge).await.unwrap());
+        assert!(!store.save(&k, &live(), SaveMode::Replace).await.unwrap());
+        assert!(!store.touch(&k, Timestamp::now()).await.unwrap());
+        assert!(store.is_empty());
+        assert_eq!(store.bytes(), 0);
     }
 
     #[tokio::test]

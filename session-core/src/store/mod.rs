@@ -16,8 +16,14 @@
 //!   any purge has run.
 //! - [`create`](Store::create) is atomic: it stores the record only if no live record has that
 //!   key, and reports a collision otherwise.
+//! - **Only `create` creates.** [`save`](Store::save) and [`touch`](Store::touch) write only
+//!   over a live record; when there is none (deleted, regenerated away, expired) they write
+//!   nothing and return `Ok(false)`. So a request that loaded a session before another request
+//!   destroyed it (a logout) cannot bring it back by saving after: the layer treats the session
+//!   as ended.
 //! - [`save`](Store::save) with [`SaveMode::Merge`] writes only the fields it is given and keeps
 //!   the others, so two requests that change different fields both keep their change.
+//! - [`save`](Store::save) in both modes stores the record's `created_at` and `expires_at`.
 //! - [`touch`](Store::touch) moves the deadline and writes nothing else.
 //! - Errors are returned as [`StoreError`], never as panics.
 
@@ -79,13 +85,22 @@ pub trait Store: Send + Sync + 'static {
     /// collision, in which case nothing is written.
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError>;
 
-    /// Writes `record` under `key` as `mode` says, creating the record if it is absent.
-    /// `created_at` and `expires_at` are always taken from `record`.
-    async fn save(&self, key: &StoreKey, record: &Record, mode: SaveMode)
-        -> Result<(), StoreError>;
+    /// Writes `record` over the live record under `key` as `mode` says. `created_at` and
+    /// `expires_at` are always taken from `record`.
+    ///
+    /// Returns `Ok(true)` when a live record was written, and `Ok(false)`, having written
+    /// nothing, when there is no live record under `key` (it was deleted, or has expired even if
+    /// it is not purged yet). It never creates a record: only [`create`](Store::create) does.
+    async fn save(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        mode: SaveMode,
+    ) -> Result<bool, StoreError>;
 
-    /// Moves the deadline of the record under `key`, if there is one; writes nothing else.
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError>;
+    /// Moves the deadline of the live record under `key`; writes nothing else. Returns
+    /// `Ok(false)`, having written nothing, when there is no live record under `key`.
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError>;
 
     /// Removes the record under `key`; removing an absent record is not an error.
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError>;
@@ -133,10 +148,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         (**self).save(key, record, mode).await
     }
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         (**self).touch(key, expires_at).await
     }
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {

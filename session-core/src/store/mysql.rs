@@ -25,11 +25,10 @@
 //!   deleted the key is live and `create` reports a collision. (The rows-affected count of
 //!   `INSERT .. ON DUPLICATE KEY UPDATE` cannot tell an insert from an untouched live row
 //!   here: sqlx always connects with `CLIENT_FOUND_ROWS`, which counts both as 1.)
-//! - A merge is one `INSERT .. ON DUPLICATE KEY UPDATE` with
-//!   `data = IF(expires_at <= now, VALUES(data), JSON_MERGE_PATCH(data, VALUES(data)))`;
-//!   InnoDB locks the row, so concurrent merges of different fields all land. Assignments in
-//!   that clause see the columns already assigned, so `expires_at` is assigned last.
-//!   `VALUES()` is used rather than MySQL 8's row alias, which MariaDB lacks.
+//! - A save is one `UPDATE .. WHERE `key` = ? AND expires_at > now`, so it never brings back a
+//!   deleted or expired row (a matched row counts as changed: sqlx connects with
+//!   `CLIENT_FOUND_ROWS`); a merge sets `data = JSON_MERGE_PATCH(data, ?)`. InnoDB locks the
+//!   row, so concurrent merges of different fields all land.
 //! - `touch`: `UPDATE .. SET expires_at = ? WHERE `key` = ? AND expires_at > now`.
 //! - The purge deletes in batches of 10 000 rows, so it never holds many locks at once.
 
@@ -119,17 +118,15 @@ impl Dialect for MySql {
                 "SELECT CAST(data AS CHAR CHARACTER SET utf8mb4), created_at, expires_at \
                  FROM {t} WHERE `key` = ? AND expires_at > ?"
             ),
-            // The condition reads the stored `expires_at`, so it must come before the
-            // assignment to `expires_at`. An expired row is replaced whole.
+            // Saves only update a live row: a deleted or expired session stays gone. sqlx
+            // connects with `CLIENT_FOUND_ROWS`, so a matched row counts even if unchanged.
             merge: format!(
-                "{insert} ON DUPLICATE KEY UPDATE \
-                 data = IF(expires_at <= ?, VALUES(data), JSON_MERGE_PATCH(data, VALUES(data))), \
-                 created_at = VALUES(created_at), \
-                 expires_at = VALUES(expires_at)"
+                "UPDATE {t} SET data = JSON_MERGE_PATCH(data, ?), created_at = ?, expires_at = ? \
+                 WHERE `key` = ? AND expires_at > ?"
             ),
             replace: format!(
-                "{insert} ON DUPLICATE KEY UPDATE data = VALUES(data), \
-                 created_at = VALUES(created_at), expires_at = VALUES(expires_at)"
+                "UPDATE {t} SET data = ?, created_at = ?, expires_at = ? \
+                 WHERE `key` = ? AND expires_at > ?"
             ),
             // A plain insert: see `create` below.
             create: insert,

@@ -23,9 +23,9 @@
 //! - `create`: `INSERT .. ON CONFLICT ("key") DO UPDATE SET .. WHERE s.expires_at <= now`,
 //!   a collision when it changed no row. PostgreSQL locks the conflicting row, so of two
 //!   concurrent creates exactly one wins.
-//! - A merge is one upsert, `data = s.data || EXCLUDED.data` (or `EXCLUDED.data` when the
-//!   stored row has expired); `ON CONFLICT DO UPDATE` re-reads the latest row version under
-//!   its lock, so concurrent merges of different fields all land.
+//! - A save is one `UPDATE .. WHERE "key" = $4 AND expires_at > now`, so it never brings back a
+//!   deleted or expired row; a merge sets `data = data || $1::jsonb`. An `UPDATE` re-reads the
+//!   latest row version under its row lock, so concurrent merges of different fields all land.
 //! - `touch`: `UPDATE .. SET expires_at = $1 WHERE "key" = $2 AND expires_at > now`.
 
 use std::str::FromStr;
@@ -110,15 +110,14 @@ impl Dialect for Postgres {
                 "{upsert} data = EXCLUDED.data, created_at = EXCLUDED.created_at, \
                  expires_at = EXCLUDED.expires_at WHERE s.expires_at <= $5"
             ),
-            // An expired row is replaced whole: its fields must not come back to life.
+            // Saves only update a live row: a deleted or expired session stays gone.
             merge: format!(
-                "{upsert} data = CASE WHEN s.expires_at <= $5 THEN EXCLUDED.data \
-                 ELSE s.data || EXCLUDED.data END, \
-                 created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at"
+                "UPDATE {t} SET data = data || $1::jsonb, created_at = $2, expires_at = $3 \
+                 WHERE \"key\" = $4 AND expires_at > $5"
             ),
             replace: format!(
-                "{upsert} data = EXCLUDED.data, created_at = EXCLUDED.created_at, \
-                 expires_at = EXCLUDED.expires_at"
+                "UPDATE {t} SET data = $1::jsonb, created_at = $2, expires_at = $3 \
+                 WHERE \"key\" = $4 AND expires_at > $5"
             ),
             touch: format!("UPDATE {t} SET expires_at = $1 WHERE \"key\" = $2 AND expires_at > $3"),
             delete: format!("DELETE FROM {t} WHERE \"key\" = $1"),

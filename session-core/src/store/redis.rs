@@ -45,11 +45,14 @@ return 1"
     ))
 });
 
-/// Like [`CREATE`], but writes over whatever fields are stored and keeps the others.
-/// `PEXPIREAT` comes last, so a deadline in the past removes the record.
+/// Like [`CREATE`], but writes over whatever fields are stored and keeps the others, and only
+/// if the record exists: returns 0 and writes nothing when it is gone (deleted or expired), so
+/// a save never brings a session back. `PEXPIREAT` comes last, so a deadline in the past
+/// removes the record.
 static MERGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{HSET_PAIRS}
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 hset_pairs(KEYS[1], 2)
 redis.call('PEXPIREAT', KEYS[1], ARGV[1])
 return 1"
@@ -60,6 +63,7 @@ return 1"
 static REPLACE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{HSET_PAIRS}
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[1])
 hset_pairs(KEYS[1], 2)
 redis.call('PEXPIREAT', KEYS[1], ARGV[1])
@@ -382,29 +386,30 @@ impl Store for RedisStore {
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let script: &Script = match mode {
             SaveMode::Merge => &MERGE,
             SaveMode::Replace => &REPLACE,
         };
-        self.run_write("save", script, key, record, &record.fields)
+        let saved = self
+            .run_write("save", script, key, record, &record.fields)
             .await?;
-        Ok(())
+        Ok(saved == 1)
     }
 
-    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<(), StoreError> {
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         let mut invocation = TOUCH.prepare_invoke();
         invocation
             .key(self.redis_key(key))
             .arg(expires_at.as_millis())
             .arg(Self::EXPIRES_FIELD);
         let invocation = &invocation;
-        let _touched: i64 = self
+        let touched: i64 = self
             .call("touch", move |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await?;
-        Ok(())
+        Ok(touched == 1)
     }
 
     fn supports_locks(&self) -> bool {

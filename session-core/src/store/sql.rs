@@ -30,10 +30,16 @@
 //!
 //! # Partial writes
 //!
-//! [`SaveMode::Merge`] is one upsert statement that merges the given fields into the stored
+//! [`SaveMode::Merge`] is one `UPDATE` statement that merges the given fields into the stored
 //! object inside the database (`json_patch`, `jsonb ||`, `JSON_MERGE_PATCH`), so two requests
 //! writing different fields at once both keep their change: the database serialises the two
 //! statements on the row and each sees the other's result.
+//!
+//! # Saves never create
+//!
+//! Both save modes are `UPDATE .. WHERE key = ? AND expires_at > now`: a row that was deleted
+//! (a logout, a regeneration) or has expired is never written again, and the save reports
+//! that it changed no row. Only `create` inserts.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -439,7 +445,7 @@ where
     Ok(arguments)
 }
 
-/// The arguments of the statements that write a row: `key, data, created_at, expires_at,
+/// The arguments of the statements that create a row: `key, data, created_at, expires_at,
 /// now`. Those that take no `now` use the first four.
 pub(crate) fn write_args<'a>(key: &'a StoreKey, data: &'a str, record: &Record) -> [Arg<'a>; 5] {
     [
@@ -465,10 +471,11 @@ pub(crate) struct Queries {
     /// one, and changes no row when a live one has the key. MySQL's differs: see its
     /// [`Dialect::create`].
     pub(crate) create: String,
-    /// `key, data, created_at, expires_at, now`: merges `data` into the stored object, or
-    /// replaces the row whole if it has expired (its fields must not come back to life).
+    /// `data, created_at, expires_at, key, now`: merges `data` into the live row's object;
+    /// changes no row when there is no live row (saves never create).
     pub(crate) merge: String,
-    /// `key, data, created_at, expires_at`: writes the row whole.
+    /// `data, created_at, expires_at, key, now`: writes the live row whole; changes no row
+    /// when there is none.
     pub(crate) replace: String,
     /// `expires_at, key, now`: moves the deadline of the live row.
     pub(crate) touch: String,
@@ -676,14 +683,14 @@ impl<D: Dialect> SqlStore<D> {
         D::create(self, key, record).await
     }
 
-    /// One upsert: [`Queries::merge`] or [`Queries::replace`], tried again while
-    /// [`Dialect::retry_save`] says so.
+    /// One `UPDATE`: [`Queries::merge`] or [`Queries::replace`], tried again while
+    /// [`Dialect::retry_save`] says so. `false` when no live row was there to update.
     pub(crate) async fn save(
         &self,
         key: &StoreKey,
         record: &Record,
         mode: SaveMode,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let data = encode_fields(&record.fields)?;
         let statement = match mode {
             SaveMode::Merge => &self.sql.merge,
@@ -692,14 +699,15 @@ impl<D: Dialect> SqlStore<D> {
         let pool = self.migrated_pool().await?;
         let mut attempt = 1;
         loop {
-            let args = write_args(key, &data, record);
-            // Only a merge compares with the time: it replaces an expired row.
-            let args = match mode {
-                SaveMode::Merge => &args[..],
-                SaveMode::Replace => &args[..4],
-            };
-            match D::execute(pool, statement, args).await {
-                Ok(_) => return Ok(()),
+            let args = [
+                Arg::Text(&data),
+                Arg::Int(to_sql(record.created_at)),
+                Arg::Int(to_sql(record.expires_at)),
+                Arg::Text(key.as_str()),
+                Arg::Int(to_sql(Timestamp::now())),
+            ];
+            match D::execute(pool, statement, &args).await {
+                Ok(changed) => return Ok(changed > 0),
                 Err(error) if D::retry_save(&error, attempt) => attempt += 1,
                 Err(error) => return Err(backend_error(error)),
             }
@@ -710,16 +718,16 @@ impl<D: Dialect> SqlStore<D> {
         &self,
         key: &StoreKey,
         expires_at: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let args = [
             Arg::Int(to_sql(expires_at)),
             Arg::Text(key.as_str()),
             Arg::Int(to_sql(Timestamp::now())),
         ];
-        D::execute(self.migrated_pool().await?, &self.sql.touch, &args)
+        let changed = D::execute(self.migrated_pool().await?, &self.sql.touch, &args)
             .await
             .map_err(backend_error)?;
-        Ok(())
+        Ok(changed > 0)
     }
 
     pub(crate) async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
@@ -891,7 +899,7 @@ macro_rules! sql_store_api {
                 key: &$crate::id::StoreKey,
                 record: &$crate::record::Record,
                 mode: $crate::record::SaveMode,
-            ) -> ::std::result::Result<(), $crate::store::StoreError> {
+            ) -> ::std::result::Result<bool, $crate::store::StoreError> {
                 self.inner.save(key, record, mode).await
             }
 
@@ -899,7 +907,7 @@ macro_rules! sql_store_api {
                 &self,
                 key: &$crate::id::StoreKey,
                 expires_at: $crate::record::Timestamp,
-            ) -> ::std::result::Result<(), $crate::store::StoreError> {
+            ) -> ::std::result::Result<bool, $crate::store::StoreError> {
                 self.inner.touch(key, expires_at).await
             }
 

@@ -18,9 +18,9 @@
 //! - `create` is one upsert that only overwrites an expired row, and reports a collision when
 //!   it changed no row:
 //!   `INSERT .. ON CONFLICT ("key") DO UPDATE SET .. WHERE "sessions".expires_at <= now`.
-//! - A merge is one upsert patching the stored object with `json_patch`, or replacing it if
-//!   the stored row has expired; SQLite runs one writer at a time, so concurrent merges of
-//!   different fields all land.
+//! - A save is one `UPDATE .. WHERE "key" = ? AND expires_at > now`, so it never brings back
+//!   a deleted or expired row; a merge patches the stored object with `json_patch`. SQLite
+//!   runs one writer at a time, so concurrent merges of different fields all land.
 //! - `touch` is `UPDATE .. SET expires_at = ? WHERE "key" = ? AND expires_at > now`.
 //!
 //! Connections use WAL mode (readers do not wait for the writer) and a 5 s busy timeout, so
@@ -109,15 +109,14 @@ impl Dialect for Sqlite {
                 "{upsert} data = excluded.data, created_at = excluded.created_at, \
                  expires_at = excluded.expires_at WHERE {t}.expires_at <= ?5"
             ),
-            // An expired row is replaced whole: its fields must not come back to life.
+            // Saves only update a live row: a deleted or expired session stays gone.
             merge: format!(
-                "{upsert} data = CASE WHEN {t}.expires_at <= ?5 THEN excluded.data \
-                 ELSE json_patch({t}.data, excluded.data) END, \
-                 created_at = excluded.created_at, expires_at = excluded.expires_at"
+                "UPDATE {t} SET data = json_patch(data, ?1), created_at = ?2, expires_at = ?3 \
+                 WHERE \"key\" = ?4 AND expires_at > ?5"
             ),
             replace: format!(
-                "{upsert} data = excluded.data, created_at = excluded.created_at, \
-                 expires_at = excluded.expires_at"
+                "UPDATE {t} SET data = ?1, created_at = ?2, expires_at = ?3 \
+                 WHERE \"key\" = ?4 AND expires_at > ?5"
             ),
             touch: format!(
                 "UPDATE {t} SET expires_at = ?1 WHERE \"key\" = ?2 AND expires_at > ?3"
