@@ -48,7 +48,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!("counter app listening on http://{addr}");
+    tracing::info!(
+        store = %counter::redact(if spec.is_empty() { "memory" } else { &spec }),
+        "counter app listening on http://{addr}"
+    );
     axum::serve(listener, counter::app(store, key))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

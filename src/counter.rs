@@ -21,9 +21,15 @@ use axum::Router;
 use serde::Deserialize;
 use session_core::store::{CachingStore, MemoryStore, Store};
 use session_core::{Key, Session, SessionLayer};
+use tower_http::timeout::TimeoutLayer;
 
 /// The cookie lifetime from the seed: 15 minutes.
 pub const MAX_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// The longest a request may take, reading its body included: `408 Request Timeout` after.
+/// A session is loaded (and, with per-session locks, locked) when a handler takes it, which
+/// can be before a slow client has sent its body; this bounds how long such a client holds it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the app keeps per visitor.
 #[derive(Session)]
@@ -44,9 +50,15 @@ pub fn routes() -> Router {
         .route("/logout", post(logout))
 }
 
-/// The app with sessions in `store`, as the example serves it.
+/// The app with sessions in `store`, as the example serves it: the session layer inside a
+/// [`REQUEST_TIMEOUT`].
 pub fn app(store: Arc<dyn Store>, key: Key) -> Router {
-    routes().layer(SessionLayer::from_arc(store, key).with_max_age(MAX_AGE))
+    routes()
+        .layer(SessionLayer::from_arc(store, key).with_max_age(MAX_AGE))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
 }
 
 /// The store named by `SESSION_STORE`.
@@ -61,9 +73,14 @@ pub fn app(store: Arc<dyn Store>, key: Key) -> Router {
 ///
 /// # Errors
 /// A message naming the accepted forms when `spec` names no known store, or the store's
-/// error when it cannot be opened.
+/// error when it cannot be opened. A password in `spec` is never part of the message.
 pub async fn store_from_spec(spec: &str) -> Result<Arc<dyn Store>, String> {
-    let spec = spec.trim();
+    open_store(spec.trim())
+        .await
+        .map_err(|message| redact_in(&message, spec))
+}
+
+async fn open_store(spec: &str) -> Result<Arc<dyn Store>, String> {
     match spec {
         "" | "memory" => Ok(Arc::new(MemoryStore::new())),
         #[cfg(feature = "file")]
@@ -125,6 +142,33 @@ fn opened<S: Store>(
         Ok(store) => Ok(Arc::new(store)),
         Err(error) => Err(format!("SESSION_STORE {spec:?}: {error}")),
     }
+}
+
+/// `spec` with the password of its URL, if it has one, replaced by `***`:
+/// `postgres://app:secret@db/app` becomes `postgres://app:***@db/app`.
+pub fn redact(spec: &str) -> String {
+    match password_of(spec) {
+        Some(password) => spec.replacen(&format!(":{password}@"), ":***@", 1),
+        None => spec.to_owned(),
+    }
+}
+
+/// `message` with every copy of the password in `spec` replaced by `***` (an error may quote
+/// the URL, or the password alone).
+fn redact_in(message: &str, spec: &str) -> String {
+    match password_of(spec) {
+        Some(password) => message.replace(password, "***"),
+        None => message.to_owned(),
+    }
+}
+
+/// The password of a `scheme://user:password@host...` URL.
+fn password_of(spec: &str) -> Option<&str> {
+    let rest = &spec[spec.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    let password = &userinfo[userinfo.find(':')? + 1..];
+    (!password.is_empty()).then_some(password)
 }
 
 /// The `SESSION_STORE` forms this build accepts.

@@ -107,3 +107,50 @@ async fn unknown_store_spec_is_a_clear_error() {
     assert!(counter::store_from_spec("").await.is_ok());
     assert!(counter::store_from_spec("memory").await.is_ok());
 }
+
+/// A store URL's password never shows in a startup error, whichever store it names.
+#[tokio::test]
+async fn store_errors_never_show_the_password() {
+    for spec in [
+        "postgres://app:hunter2@127.0.0.1:1/test",
+        "mysql://root:hunter2@127.0.0.1:1/test",
+        "redis://:hunter2@127.0.0.1:1",
+        "memcache://u:hunter2@127.0.0.1:1",
+        "nosuchstore://admin:hunter2@example/x",
+    ] {
+        let error = match counter::store_from_spec(spec).await {
+            Ok(_) => panic!("{spec} opened"),
+            Err(error) => error,
+        };
+        assert!(!error.contains("hunter2"), "{spec}: {error}");
+        assert!(error.contains(":***@"), "{spec}: {error}");
+    }
+    assert_eq!(
+        counter::redact("postgres://app:s3cr:t@db:5432/app?x=1"),
+        "postgres://app:***@db:5432/app?x=1"
+    );
+    assert_eq!(counter::redact("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
+    assert_eq!(
+        counter::redact("redis://127.0.0.1:6379"),
+        "redis://127.0.0.1:6379"
+    );
+}
+
+/// The app answers `408` to a request that takes longer than its timeout (a slow client),
+/// which also ends any hold it had on its session.
+#[tokio::test(start_paused = true)]
+async fn a_request_slower_than_the_timeout_gets_408() {
+    use axum::body::{Body, Bytes};
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    // A body that never finishes arriving.
+    let body = Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+    let request = Request::post("/cart")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .unwrap();
+    let app = counter::app(Arc::new(MemoryStore::new()), common::key());
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+}

@@ -489,3 +489,56 @@ async fn a_real_server_refuses_oversized_headers_and_keeps_serving() {
     assert!(store.ops().is_empty(), "{:?}", store.ops());
     server.abort();
 }
+
+/// A buffer the log subscriber writes into.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Conditions a client causes at will (here: a session grown past the limit, 200 times) log
+/// no `ERROR` line and at most a line a second at `INFO`, so a client cannot flood the error
+/// log or page an operator.
+#[test]
+fn client_caused_errors_are_not_logged_as_errors_and_are_rate_limited() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            let store = RecordingStore::new();
+            let app = routes()
+                .layer(SessionLayer::new(store.clone(), common::key()).with_max_record_bytes(1024));
+            for _ in 0..200 {
+                let reply = send(&app, get_req("/add?n=4096", None)).await;
+                assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+            }
+        })
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains("ERROR"), "{text}");
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("too large") || l.contains("over the limit"))
+        .count();
+    assert!(
+        (1..=3).contains(&lines),
+        "{lines} lines for 200 oversized requests:\n{text}"
+    );
+}

@@ -128,3 +128,97 @@ impl SqlTestStore for PostgresStore {
         sqlx::query(&statement).execute(self.pool()).await.unwrap();
     }
 }
+
+/// With a pool of 3 connections, 8 concurrent locked requests on 8 sessions, each holding its
+/// lock for 400 ms, all finish: a lock holds no connection between its statements. (With a
+/// lock that kept a connection for the whole request, each request needed a second one for
+/// its load, and the requests deadlocked on the pool until the store timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_requests_beyond_the_pool_size_all_finish() {
+    use common::cart::{cart_app, session_with_one_item};
+    use std::sync::Arc;
+
+    let Some(shared) = store().await else { return };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(3)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(&url())
+        .await
+        .unwrap();
+    let _ = shared;
+    let store = PostgresStore::from_pool(pool);
+    store.migrate().await.unwrap();
+    let app = cart_app(Arc::new(store), Some(Duration::from_secs(5)));
+    let mut cookies = Vec::new();
+    for _ in 0..8 {
+        cookies.push(session_with_one_item(&app).await);
+    }
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = cookies
+        .iter()
+        .map(|cookie| {
+            let app = app.clone();
+            let cookie = cookie.clone();
+            tokio::spawn(
+                async move { common::send(&app, common::get("/hold", Some(&cookie))).await },
+            )
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    // Each request sleeps 400 ms holding its lock; they overlap instead of queueing on
+    // the pool (which would take 8 × 400 ms or fail at the 3 s acquire timeout).
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A holder that stalls past its lease loses the lock to the next request, and its late
+/// release does not free the lock its successor now holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_stalls_past_its_lease_loses_the_lock() {
+    use session_core::Store;
+
+    let Some(store) = store().await else { return };
+    let key = session_core::SessionId::generate().unwrap().store_key();
+    let lease = Duration::from_millis(500);
+    let stalled = store
+        .lock(&key, lease, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("a free lock is taken at once");
+    assert!(
+        store
+            .lock(&key, lease, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_none(),
+        "the lock is held within its lease"
+    );
+    let started = std::time::Instant::now();
+    let successor = store
+        .lock(&key, Duration::from_secs(30), Duration::from_secs(3))
+        .await
+        .unwrap()
+        .expect("the lease runs out and the lock is taken over");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    stalled.release().await.unwrap();
+    assert!(
+        store
+            .lock(&key, lease, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_none(),
+        "the stalled holder's release left the successor's lock alone"
+    );
+    successor.release().await.unwrap();
+    assert!(store
+        .lock(&key, lease, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .is_some());
+}

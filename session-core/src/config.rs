@@ -8,6 +8,13 @@ use crate::store::Store;
 
 /// Server-side idle timeout when neither `max_age` nor `idle_timeout` is set.
 pub(crate) const DEFAULT_IDLE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default absolute timeout: a session lives at most this long after it was created (or last
+/// regenerated, as at login), however active. Long enough for a 30-day "remember me"; an
+/// app holding sensitive data sets hours (OWASP suggests 4 to 8 for a working day).
+pub(crate) const DEFAULT_ABSOLUTE_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Default limit on one encoded session. Every request that takes the session reads it
+/// whole, so the limit multiplies every store read; a session is not a file store.
+pub(crate) const DEFAULT_MAX_RECORD_BYTES: usize = 128 << 10;
 /// Default limit on one store call.
 pub(crate) const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default lease of a per-session lock.
@@ -103,14 +110,14 @@ impl Config {
             partitioned: false,
             max_age: None,
             idle_timeout: None,
-            absolute_timeout: None,
+            absolute_timeout: Some(DEFAULT_ABSOLUTE_TIMEOUT),
             touch_after: DEFAULT_TOUCH_AFTER,
             resave: false,
             save_uninitialized: false,
             rolling: false,
             error_status: 500,
             save_errors: SaveErrors::Respond,
-            max_record_bytes: 1 << 20,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             store_timeout: Some(DEFAULT_STORE_TIMEOUT),
             lock: None,
         }

@@ -25,6 +25,10 @@ const SIG_LEN: usize = 43;
 pub(crate) const SIGNED_LEN: usize = ID_LEN + 1 + SIG_LEN;
 /// Cookies longer than this are not even looked at.
 const MAX_COOKIE_VALUE: usize = 256;
+/// How many session-named cookies of one request are verified at most. A browser sends
+/// more than one only when cookies of several paths or domains share the name; a client that
+/// sends thousands would otherwise buy an HMAC per cookie and key with one request.
+const MAX_CANDIDATES: usize = 4;
 
 /// A secret key for signing session cookies.
 #[derive(Clone)]
@@ -136,13 +140,7 @@ impl KeyRing {
 
     /// The id in a signed cookie value and the index of the key that verified it.
     pub(crate) fn verify(&self, value: &str) -> Option<(SessionId, usize)> {
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value);
-        if value.len() != SIGNED_LEN || value.as_bytes()[ID_LEN] != b'.' {
-            return None;
-        }
+        let value = Self::shaped(value)?;
         let id = SessionId::parse(value.get(..ID_LEN)?)?;
         let mut tag = [0u8; 33];
         let len = URL_SAFE_NO_PAD
@@ -155,15 +153,26 @@ impl KeyRing {
             .map(|index| (id, index))
     }
 
+    /// `value` without its quotes, if it has the shape of a signed id (what is worth an HMAC).
+    fn shaped(value: &str) -> Option<&str> {
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        (value.len() == SIGNED_LEN && value.as_bytes()[ID_LEN] == b'.').then_some(value)
+    }
+
     /// Scans `Cookie` header values for the session cookie called `name`. Duplicates are
     /// tried in order and the first that verifies wins; unsigned, tampered, oversized or
-    /// malformed values are skipped.
+    /// malformed values are skipped. At most [`MAX_CANDIDATES`] values shaped like a signed id
+    /// are verified; the rest are not looked at.
     pub(crate) fn find<'a>(
         &self,
         name: &str,
         headers: impl IntoIterator<Item = &'a [u8]>,
     ) -> CookieLookup {
         let mut lookup = CookieLookup::default();
+        let mut candidates = 0;
         for header in headers {
             for pair in header.split(|b| *b == b';') {
                 let pair = pair.trim_ascii();
@@ -181,6 +190,13 @@ impl KeyRing {
                 let Ok(value) = std::str::from_utf8(value) else {
                     continue;
                 };
+                if Self::shaped(value).is_none() {
+                    continue;
+                }
+                if candidates == MAX_CANDIDATES {
+                    return lookup;
+                }
+                candidates += 1;
                 if let Some((id, index)) = self.verify(value) {
                     lookup.id = Some(id);
                     lookup.old_key = index > 0;
@@ -266,6 +282,28 @@ mod tests {
         let quoted = format!("x=1;sid=\"{good}\"");
         let split = [b"sid=bad".as_slice(), quoted.as_bytes()];
         assert_eq!(ring().find("sid", split).id, Some(id));
+    }
+
+    #[test]
+    fn only_the_first_few_session_cookies_are_verified() {
+        let id = SessionId::generate().unwrap();
+        let good = ring().sign(&id);
+        let forged = ring().sign(&SessionId::generate().unwrap());
+        let forged = format!("{}{}", &forged[..forged.len() - 1], "A");
+        let after = |n: usize| {
+            let mut header = "sid=".to_owned() + &vec![forged.as_str(); n].join("; sid=");
+            header.push_str(&format!("; sid={good}"));
+            ring().find("sid", [header.as_bytes()])
+        };
+        assert_eq!(after(MAX_CANDIDATES - 1).id, Some(id));
+        let lookup = after(MAX_CANDIDATES);
+        assert_eq!(
+            lookup.id, None,
+            "the valid one came too late to be verified"
+        );
+        assert!(lookup.present);
+        // 10 000 forged cookies cost what four do.
+        assert_eq!(after(10_000).id, None);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Errors a session operation can end in.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::record::Timestamp;
 use crate::store::StoreError;
 
 /// Why a session could not be loaded, extracted or saved.
@@ -51,4 +54,72 @@ pub enum SessionError {
     /// The extractor ran on a request that did not pass through `SessionLayer`.
     #[error("`Session` was extracted on a route without `SessionLayer`, or outside the layer's cookie path")]
     MissingLayer,
+}
+
+impl SessionError {
+    /// Whether a client can cause this on its own requests (a session it grew too large, its
+    /// own requests queueing on the session lock), as opposed to a fault of the server or
+    /// the store.
+    pub fn is_client_caused(&self) -> bool {
+        matches!(self, Self::TooLarge { .. } | Self::LockTimeout(_))
+    }
+}
+
+/// Logs a failed session operation: `ERROR` for faults of the server or the store, and for
+/// conditions a client causes at will only `INFO`, at most one line per second (with how
+/// many were left out), so a client cannot fill the error log.
+pub(crate) fn log_failure(error: &SessionError, what: &'static str) {
+    if !error.is_client_caused() {
+        tracing::error!(%error, "{what}");
+    } else if let Some(suppressed) = CLIENT_CAUSED.allow() {
+        tracing::info!(%error, suppressed, "{what} (caused by the client's request)");
+    }
+}
+
+static CLIENT_CAUSED: RateLimit = RateLimit::new();
+
+/// One event per wall-clock second, counting those it refuses.
+pub(crate) struct RateLimit {
+    second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    pub(crate) const fn new() -> Self {
+        Self {
+            second: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(events refused since the last allowed one)` if this one may go out.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = Timestamp::now().as_millis() / 1000;
+        let last = self.second.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    #[test]
+    fn rate_limit_lets_one_event_a_second_through_and_counts_the_rest() {
+        let limit = RateLimit::new();
+        assert_eq!(limit.allow(), Some(0));
+        let through = (0..1000).filter(|_| limit.allow().is_some()).count();
+        // The second may turn once during the loop.
+        assert!(through <= 1, "{through} got through");
+    }
 }

@@ -8,7 +8,7 @@ use http::HeaderValue;
 use http::StatusCode;
 
 use crate::data::SessionData;
-use crate::error::SessionError;
+use crate::error::{log_failure, SessionError};
 use crate::layer::{error_response, SessionHandle};
 use crate::session::Session;
 
@@ -27,7 +27,7 @@ where
             });
         };
         let reject = |error: SessionError| {
-            tracing::error!(%error, "session could not be loaded");
+            log_failure(&error, "session could not be loaded");
             SessionRejection {
                 response: Some(error_response(&state.config, &error)),
                 error,

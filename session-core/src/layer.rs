@@ -18,7 +18,7 @@ use crate::config::{
     Config, ConfigError, LockConfig, SameSite, SaveErrors, Secure, DEFAULT_LOCK_LEASE,
 };
 use crate::cookie::{Key, KeyRing};
-use crate::error::SessionError;
+use crate::error::{log_failure, SessionError};
 use crate::lifecycle::{CookieAction, RequestState};
 use crate::store::Store;
 
@@ -122,10 +122,20 @@ impl SessionLayer {
         self.edit(|c| c.idle_timeout = Some(idle))
     }
 
-    /// How long a session lives on the server after it was created, however active it is.
-    /// Default: no limit.
+    /// How long a session lives on the server after it was created, however active it is;
+    /// [`regenerate`](crate::Session::regenerate) (at login) starts the window again. This
+    /// bounds how long a stolen cookie can be used, even by an attacker who keeps it busy.
+    /// Default: 30 days (long enough for a 30-day "remember me"); for sensitive data choose
+    /// hours (OWASP suggests 4 to 8 for an app used through a working day).
     pub fn with_absolute_timeout(self, absolute: Duration) -> Self {
         self.edit(|c| c.absolute_timeout = Some(absolute))
+    }
+
+    /// Lets an active session live for ever (each request extends it by the idle timeout),
+    /// as express-session does. Not recommended: see
+    /// [`with_absolute_timeout`](Self::with_absolute_timeout).
+    pub fn without_absolute_timeout(self) -> Self {
+        self.edit(|c| c.absolute_timeout = None)
     }
 
     /// Extend an unchanged session's deadline at most once per `interval`. Zero touches on
@@ -167,7 +177,7 @@ impl SessionLayer {
     /// [`SessionError::TooLarge`] and the response is `413 Payload Too Large` (the stored
     /// session is left as it was). A session already over the limit (stored before it was
     /// lowered) can still be written as long as the write does not make it larger.
-    /// Default: 1 MiB.
+    /// Default: 128 KiB (every request that takes the session reads it whole).
     pub fn with_max_record_bytes(self, limit: usize) -> Self {
         self.edit(|c| c.max_record_bytes = limit)
     }
@@ -316,7 +326,7 @@ async fn finish(state: Arc<RequestState>, mut response: Response) -> Response {
             append_cookie(&mut response, &state, "", Some(Duration::ZERO));
         }
         Err(error) => {
-            tracing::error!(%error, "session could not be saved");
+            log_failure(&error, "session could not be saved");
             if state.config.save_errors == SaveErrors::Respond {
                 return error_response(&state.config, &error);
             }

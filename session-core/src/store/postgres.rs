@@ -38,10 +38,11 @@ use sqlx::{Connection, Postgres};
 
 use super::lock::retry_lock;
 use super::sql::{
-    backend_error, sql_store_api, Dialect, Queries, RowsAffected, SqlStore, TableName,
+    backend_error, sql_store_api, to_sql, Dialect, Queries, RowsAffected, SqlStore, TableName,
 };
 use super::{Release, SessionLock, StoreError};
 use crate::id::StoreKey;
+use crate::record::Timestamp;
 
 /// Sessions in PostgreSQL: the production database store, shared by any number of app
 /// instances.
@@ -86,6 +87,7 @@ impl Dialect for Postgres {
     fn queries(table: &TableName) -> Queries {
         let t = format!("\"{}\"", table.as_str());
         let index = format!("\"{}\"", table.index_name());
+        let locks = lock_table(table);
         let upsert = format!(
             "INSERT INTO {t} AS s (\"key\", data, created_at, expires_at) \
              VALUES ($1, $2::jsonb, $3, $4) ON CONFLICT (\"key\") DO UPDATE SET"
@@ -100,6 +102,13 @@ impl Dialect for Postgres {
                      expires_at BIGINT NOT NULL)"
                 ),
                 format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"),
+                // Per-session lock leases: see `Store::lock` below.
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {locks} (\
+                     \"key\" TEXT PRIMARY KEY, \
+                     token TEXT NOT NULL, \
+                     expires_at BIGINT NOT NULL)"
+                ),
             ],
             load: format!(
                 "SELECT data::text, created_at, expires_at FROM {t} \
@@ -121,7 +130,11 @@ impl Dialect for Postgres {
             ),
             touch: format!("UPDATE {t} SET expires_at = $1 WHERE \"key\" = $2 AND expires_at > $3"),
             delete: format!("DELETE FROM {t} WHERE \"key\" = $1"),
-            purge: format!("DELETE FROM {t} WHERE expires_at <= $1"),
+            // Lapsed lock leases go with the expired sessions; the count is the sessions'.
+            purge: format!(
+                "WITH lapsed AS (DELETE FROM {locks} WHERE expires_at <= $1) \
+                 DELETE FROM {t} WHERE expires_at <= $1"
+            ),
         }
     }
 
@@ -188,36 +201,57 @@ impl PostgresStore {
         })
     }
 
-    /// Takes the advisory lock of `key`, waiting at most `wait`: see
-    /// [`Store::lock`](super::Store::lock) below.
-    async fn advisory_lock(
+    /// Takes the lease of `key`, waiting at most `wait`: see [`Store::lock`](super::Store::lock)
+    /// below.
+    async fn lease_lock(
         &self,
         key: &StoreKey,
+        lease: Duration,
         wait: Duration,
     ) -> Result<Option<SessionLock>, StoreError> {
-        let lock_id = advisory_lock_id(key);
+        let locks = lock_table(self.inner.table());
+        let take = format!(
+            "INSERT INTO {locks} AS l (\"key\", token, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (\"key\") DO UPDATE SET token = EXCLUDED.token, \
+             expires_at = EXCLUDED.expires_at WHERE l.expires_at <= $4"
+        );
+        let token = lock_token()?;
+        let pool = self.inner.migrated_pool().await?;
         retry_lock(wait, || async {
-            let mut transaction = self
-                .inner
-                .migrated_pool()
-                .await?
-                .begin()
+            let now = Timestamp::now();
+            let taken = sqlx::query(&take)
+                .bind(key.as_str())
+                .bind(&token)
+                .bind(to_sql(now.saturating_add(lease)))
+                .bind(to_sql(now))
+                .execute(pool)
                 .await
-                .map_err(backend_error)?;
-            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                .bind(lock_id)
-                .fetch_one(&mut *transaction)
-                .await
-                .map_err(backend_error)?;
-            if taken {
-                return Ok(Some(SessionLock::new(PgUnlock { transaction })));
-            }
-            // Give the connection back while waiting.
-            transaction.rollback().await.map_err(backend_error)?;
-            Ok(None)
+                .map_err(backend_error)?
+                .rows_affected();
+            Ok((taken == 1).then(|| {
+                SessionLock::new(PgUnlease {
+                    pool: pool.clone(),
+                    statement: format!("DELETE FROM {locks} WHERE \"key\" = $1 AND token = $2"),
+                    key: *key,
+                    token: token.clone(),
+                })
+            }))
         })
         .await
     }
+}
+
+/// The quoted name of the lock table of the sessions table `table`.
+fn lock_table(table: &TableName) -> String {
+    format!("\"{}_locks\"", table.as_str())
+}
+
+/// A random token naming one holder of a lock, so a holder whose lease ran out cannot free
+/// the lock its successor holds.
+fn lock_token() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::backend(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 sql_store_api! {
@@ -323,38 +357,42 @@ sql_store_api! {
             true
         }
 
-        /// A transaction-level advisory lock (`pg_try_advisory_xact_lock`) on a number derived
-        /// from the key, held in an open transaction until release. A waiting request does not
-        /// keep a connection: each try takes one from the pool and gives it back when the lock is
-        /// busy, with a growing pause (2 ms to 25 ms) between tries. If the holder's process
-        /// dies, its connection closes and the lock goes with it, so `lease` is not needed.
+        /// A lease row in the table `<sessions table>_locks`: an `INSERT .. ON CONFLICT DO
+        /// UPDATE .. WHERE expires_at <= now` that takes the key if it is free or its lease
+        /// has run out, with the holder's random token and a deadline `lease` from now;
+        /// released by deleting the row if it still holds this token. No connection is held
+        /// between the statements, so locked requests need no more connections than unlocked
+        /// ones and cannot drain the pool. A waiting request tries again with a growing pause
+        /// (2 ms to 25 ms) until `wait` runs out. A holder that stalls past its lease loses
+        /// the lock to the next request; lapsed rows are removed by the purge.
         async fn lock(
             &self,
             key: &StoreKey,
-            _lease: Duration,
+            lease: Duration,
             wait: Duration,
         ) -> Result<Option<SessionLock>, StoreError> {
-            self.advisory_lock(key, wait).await
+            self.lease_lock(key, lease, wait).await
         }
     }
 }
 
-/// The advisory lock number of a session: the first 60 bits of its (already hashed) key.
-fn advisory_lock_id(key: &StoreKey) -> i64 {
-    key.as_str()
-        .get(..15)
-        .and_then(|hex| i64::from_str_radix(hex, 16).ok())
-        .unwrap_or_default()
-}
-
-/// Ends the transaction that holds a session's advisory lock, which releases it.
-struct PgUnlock {
-    transaction: sqlx::Transaction<'static, sqlx::Postgres>,
+/// Gives a lease back: deletes its row if it still holds this holder's token.
+struct PgUnlease {
+    pool: PgPool,
+    statement: String,
+    key: StoreKey,
+    token: String,
 }
 
 #[async_trait]
-impl Release for PgUnlock {
+impl Release for PgUnlease {
     async fn release(self: Box<Self>) -> Result<(), StoreError> {
-        self.transaction.rollback().await.map_err(backend_error)
+        sqlx::query(&self.statement)
+            .bind(self.key.as_str())
+            .bind(&self.token)
+            .execute(&self.pool)
+            .await
+            .map_err(backend_error)?;
+        Ok(())
     }
 }
