@@ -16,6 +16,7 @@ use serde::Deserialize;
 use session_core::store::MemoryStore;
 use session_core::{
     Key, SameSite, SaveMode, Secure, Session, SessionId, SessionLayer, Store, Timestamp,
+    TlsConnection,
 };
 
 #[derive(Session)]
@@ -457,6 +458,7 @@ async fn secure_cookie_on_plain_http_stores_nothing() {
 }
 
 #[tokio::test]
+#[allow(deprecated)] // `with_trusted_proxy(true)` keeps working, trusting every peer.
 async fn secure_follows_a_trusted_forwarded_proto() {
     let request = || {
         Request::get("/incr")
@@ -470,6 +472,26 @@ async fn secure_follows_a_trusted_forwarded_proto() {
     let untrusted = app_with(layer(MemoryStore::new()));
     let cookie = send(&untrusted, request()).await.set_cookie("sid").unwrap();
     assert!(!cookie.contains("Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn absolute_form_https_target_on_plain_http_gets_no_secure_cookie() {
+    // `GET https://example.com/incr HTTP/1.1` on a plain connection: the client wrote the
+    // scheme, so it says nothing about the connection.
+    let request = || {
+        Request::get("https://example.com/incr")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let auto = app_with(layer(MemoryStore::new()));
+    let cookie = send(&auto, request()).await.set_cookie("sid").unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    // Nor does it let a `Secure::Always` session be stored on plain HTTP.
+    let store = RecordingStore::new();
+    let always = app_with(layer(store.clone()).with_secure(Secure::Always));
+    let reply = send(&always, request()).await;
+    assert!(reply.set_cookies().is_empty(), "{:?}", reply.set_cookies());
+    assert!(store.ops().is_empty(), "{:?}", store.ops());
 }
 
 #[tokio::test]
@@ -491,7 +513,9 @@ async fn cookie_attributes_follow_the_options() {
         .with_same_site(SameSite::Strict)
         .with_secure(Secure::Always)
         .with_partitioned(true);
+    // Over TLS terminated by the app (a `Secure::Always` cookie is only set on HTTPS).
     let request = Request::get("https://example.com/incr")
+        .extension(TlsConnection)
         .body(axum::body::Body::empty())
         .unwrap();
     let reply = send(&app_with(custom), request).await;

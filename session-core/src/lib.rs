@@ -85,6 +85,8 @@ pub mod store;
 mod extract;
 #[cfg(feature = "axum")]
 mod layer;
+#[cfg(feature = "axum")]
+pub mod transport;
 
 pub use crate::config::{ConfigError, SameSite, SaveErrors, Secure};
 pub use crate::cookie::{Key, KeyError};
@@ -98,6 +100,8 @@ pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
 pub use crate::record::{Fields, Record, SaveMode, Timestamp};
 pub use crate::session::Session;
 pub use crate::store::{Store, StoreError};
+#[cfg(feature = "axum")]
+pub use crate::transport::{TlsConnection, TokenHeader, Transport};
 
 /// Derives [`SessionData`] and the typed accessors of [`Session<T>`](struct@Session).
 pub use session_derive::Session;
