@@ -150,7 +150,10 @@ async fn header_transport_logs_in_and_out() {
     )
     .await;
     assert_eq!(login.status, StatusCode::SEE_OTHER);
-    let after = login.headers["x-session-token"].to_str().unwrap().to_owned();
+    let after = login.headers["x-session-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_ne!(after, before);
     client.token = Some(after.clone());
     assert_eq!(client.get("/me").await.body, "user: ada");
@@ -169,8 +172,14 @@ async fn header_transport_logs_in_and_out() {
 #[test]
 fn transport_and_proxy_specs_parse() {
     assert_eq!(counter::transport_from_spec(""), Ok(Transport::Cookie));
-    assert_eq!(counter::transport_from_spec("cookie"), Ok(Transport::Cookie));
-    assert_eq!(counter::transport_from_spec(" Header "), Ok(Transport::Header));
+    assert_eq!(
+        counter::transport_from_spec("cookie"),
+        Ok(Transport::Cookie)
+    );
+    assert_eq!(
+        counter::transport_from_spec(" Header "),
+        Ok(Transport::Header)
+    );
     assert_eq!(counter::transport_from_spec("both"), Ok(Transport::Both));
     let error = counter::transport_from_spec("pigeon").unwrap_err();
     assert!(error.contains("expected cookie, header or both"), "{error}");

@@ -153,7 +153,11 @@ async fn the_header_wins_when_a_request_carries_a_cookie_too() {
     assert_eq!(reply.body, "views: 2", "the header's session counted");
     assert!(reply.set_cookies().is_empty(), "the cookie is not answered");
     assert_eq!(token(&reply), None, "the header's token is unchanged");
-    assert_eq!(browser.get("/read").await.body, "views: 3", "cookie untouched");
+    assert_eq!(
+        browser.get("/read").await.body,
+        "views: 3",
+        "cookie untouched"
+    );
 
     // The header wins even when it does not verify: a new session, answered in the header.
     let mut forged = token_b.clone();
@@ -201,7 +205,9 @@ async fn regenerated_token_is_sent_back_and_the_old_one_is_dead() {
     client.get("/incr").await;
     let before = client.token.clone().unwrap();
     let reply = client.get("/login").await;
-    let after = token(&reply).expect("regenerate sends the new token").to_owned();
+    let after = token(&reply)
+        .expect("regenerate sends the new token")
+        .to_owned();
     assert_ne!(after[..32], before[..32], "a new id");
     assert_eq!(client.get("/read").await.body, "views: 2");
     assert_eq!(client.get("/name").await.body, "name: ada");
@@ -223,8 +229,10 @@ async fn tampered_token_gets_a_new_session_without_a_store_lookup() {
     let tampered = String::from_utf8(tampered).unwrap();
     let foreign = {
         let other = Key::from_bytes(&[9u8; 32]).unwrap();
-        let mut other_client =
-            TokenClient::new(header_app(SessionLayer::new(MemoryStore::new(), other)), TOKEN);
+        let mut other_client = TokenClient::new(
+            header_app(SessionLayer::new(MemoryStore::new(), other)),
+            TOKEN,
+        );
         other_client.get("/incr").await;
         other_client.token.unwrap()
     };
@@ -247,7 +255,11 @@ async fn tampered_token_gets_a_new_session_without_a_store_lookup() {
     let reply = send(&app, with_token("/incr", &tampered)).await;
     assert_eq!(reply.body, "views: 1");
     assert_ne!(token(&reply).unwrap()[..32], good[..32]);
-    assert_eq!(client.get("/read").await.body, "views: 1", "the real one lives");
+    assert_eq!(
+        client.get("/read").await.body,
+        "views: 1",
+        "the real one lives"
+    );
 }
 
 #[tokio::test]
@@ -273,7 +285,11 @@ async fn rolling_resends_the_token_and_an_old_key_token_is_re_signed() {
     let mut client = TokenClient::new(rolling, TOKEN);
     let first = client.get("/incr").await;
     let second = client.get("/read").await;
-    assert_eq!(token(&first), token(&second), "same token on every response");
+    assert_eq!(
+        token(&first),
+        token(&second),
+        "same token on every response"
+    );
 
     let store = MemoryStore::new();
     let old_key = Key::from_bytes(&[1u8; 32]).unwrap();
@@ -286,7 +302,9 @@ async fn rolling_resends_the_token_and_an_old_key_token_is_re_signed() {
     let rotated = header_app(SessionLayer::new(store, common::key()).with_old_key(old_key));
     let reply = send(&rotated, with_token("/read", &old_token)).await;
     assert_eq!(reply.body, "views: 1");
-    let resigned = token(&reply).expect("an old-key token is re-signed").to_owned();
+    let resigned = token(&reply)
+        .expect("an old-key token is re-signed")
+        .to_owned();
     assert_eq!(resigned[..33], old_token[..33], "same id");
     assert_ne!(resigned, old_token, "new signature");
     let reply = send(&rotated, with_token("/read", &resigned)).await;
@@ -310,7 +328,10 @@ async fn touch_and_idle_timeout_apply_to_header_sessions() {
     let old = client.token.clone().unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let reply = client.get("/incr").await;
-    assert_eq!(reply.body, "views: 1", "the idle session died on the server");
+    assert_eq!(
+        reply.body, "views: 1",
+        "the idle session died on the server"
+    );
     assert_ne!(client.token.as_deref(), Some(old.as_str()));
 }
 
@@ -395,10 +416,7 @@ async fn forwarded_and_x_forwarded_proto_must_agree() {
         ),
         // A `Forwarded` without a protocol says nothing; X-Forwarded-Proto decides.
         (
-            &[
-                ("forwarded", "for=1.2.3.4"),
-                ("x-forwarded-proto", "https"),
-            ],
+            &[("forwarded", "for=1.2.3.4"), ("x-forwarded-proto", "https")],
             true,
         ),
         (&[("forwarded", "for=1.2.3.4;proto=HTTPS")], true),
@@ -508,7 +526,10 @@ async fn a_real_server_trusts_forwarded_only_from_a_trusted_peer_address() {
         cookie.contains("; Secure")
     };
     assert!(secure(&raw_get(trusted, forwarded).await));
-    assert!(!secure(&raw_get(trusted, "").await), "no header: plain HTTP");
+    assert!(
+        !secure(&raw_get(trusted, "").await),
+        "no header: plain HTTP"
+    );
     assert!(!secure(&raw_get(untrusted, forwarded).await));
     assert!(!secure(&raw_get(no_peer, forwarded).await));
 }
@@ -533,7 +554,11 @@ async fn a_tls_listener_makes_every_request_secure_and_tls_connection_marks_one(
         )
         .layer(axum::Extension(TlsConnection));
     let reply = send(&marked, get_req("/incr", None)).await;
-    assert!(reply.set_cookie("__Host-sid").is_some(), "{:?}", reply.headers);
+    assert!(
+        reply.set_cookie("__Host-sid").is_some(),
+        "{:?}",
+        reply.headers
+    );
 }
 
 #[test]

@@ -345,9 +345,9 @@ where
         };
         match this.state.take() {
             Some((state, delivery)) if state.needs_finish() => {
-                let finishing =
-                    this.finishing
-                        .insert(Box::pin(finish(state, delivery, response)));
+                let finishing = this
+                    .finishing
+                    .insert(Box::pin(finish(state, delivery, response)));
                 finishing.as_mut().poll(cx).map(Ok)
             }
             _ => Poll::Ready(Ok(response)),

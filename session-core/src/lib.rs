@@ -52,6 +52,12 @@
 //! When the store is written, and when `Set-Cookie` is sent, follows express-session's
 //! rules; see [`lifecycle`].
 //!
+//! # Cookies, headers and proxies
+//!
+//! The signed token travels in a cookie by default, or in a header for API and mobile
+//! clients (`X-Session-Token` or `Authorization: Bearer`); `Secure::Auto` believes only the
+//! connection and the proxies you trust by address. See [`transport`].
+//!
 //! # Features
 //!
 //! - `axum` (default): the layer and the extractor.

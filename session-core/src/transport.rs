@@ -57,6 +57,41 @@
 //!   its right). Entries left of it were written by the client and are never read. When
 //!   `X-Forwarded-Proto` has fewer entries than the walk needs, its left-most entry is used.
 //!
+//! # Example
+//!
+//! Browsers and API clients on one app behind load balancers in `10.0.0.0/8`:
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//!
+//! use axum::{routing::get, Router};
+//! use session_core::store::MemoryStore;
+//! use session_core::{Key, Session, SessionLayer, TokenHeader, Transport};
+//!
+//! #[derive(Session)]
+//! struct Visit {
+//!     views: u32,
+//! }
+//!
+//! async fn home(mut visit: Session<Visit>) -> String {
+//!     *visit.views_mut() += 1;
+//!     format!("You visited {} times", visit.views())
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = SessionLayer::new(MemoryStore::new(), Key::generate()?)
+//!     .with_transport(Transport::Both) // the cookie, or the header
+//!     .with_token_header(TokenHeader::Bearer) // `Authorization: Bearer TOKEN`
+//!     .with_trusted_proxies(["10.0.0.0/8"]) // may say a request is HTTPS
+//!     .check()?;
+//! let app = Router::new().route("/", get(home)).layer(layer);
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:3000").await?;
+//! // The peer address is what trusted proxies are checked against.
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The deprecated [`with_trusted_proxy(true)`](crate::SessionLayer::with_trusted_proxy)
 //! trusts every peer and every hop, so the left-most entry decides, as it always did.
 
@@ -175,7 +210,9 @@ impl Network {
                 u32::from(net) & mask == u32::from(addr) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(addr)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.bits)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(addr) & mask
             }
             _ => false,
@@ -266,18 +303,22 @@ impl TransportConfig {
         values.find_map(|value| {
             let value = value.as_bytes();
             let scheme = value.get(..7)?;
-            scheme.eq_ignore_ascii_case(b"bearer ").then(|| {
-                std::str::from_utf8(&value[7..])
-                    .unwrap_or_default()
-                    .trim()
-            })
+            scheme
+                .eq_ignore_ascii_case(b"bearer ")
+                .then(|| std::str::from_utf8(&value[7..]).unwrap_or_default().trim())
         })
     }
 }
 
 /// Token headers must not be headers with another meaning to browsers and servers.
 fn is_free_for_tokens(name: &HeaderName) -> bool {
-    ![COOKIE, http::header::SET_COOKIE, AUTHORIZATION, CACHE_CONTROL].contains(name)
+    ![
+        COOKIE,
+        http::header::SET_COOKIE,
+        AUTHORIZATION,
+        CACHE_CONTROL,
+    ]
+    .contains(name)
 }
 
 /// What the layer learns about a request before the handler runs: cheap checks only (no
@@ -578,7 +619,10 @@ mod tests {
         let net = Network::parse("10.0.0.0/8").unwrap();
         assert!(net.contains("10.200.3.4".parse().unwrap()));
         assert!(!net.contains("11.0.0.1".parse().unwrap()));
-        assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()), "mapped v4");
+        assert!(
+            net.contains("::ffff:10.1.2.3".parse().unwrap()),
+            "mapped v4"
+        );
         let one = Network::parse(" 192.0.2.7 ").unwrap();
         assert!(one.contains("192.0.2.7".parse().unwrap()));
         assert!(!one.contains("192.0.2.8".parse().unwrap()));
@@ -589,7 +633,15 @@ mod tests {
         assert!(Network::parse("0.0.0.0/0")
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
-        for bad in ["", "10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/+8", "host", "1.2.3.4/"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "10.0.0.0/+8",
+            "host",
+            "1.2.3.4/",
+        ] {
             assert_eq!(Network::parse(bad), None, "{bad:?}");
         }
     }
@@ -611,7 +663,10 @@ mod tests {
     #[test]
     fn forwarded_elements_and_quoted_values_are_split_correctly() {
         let map = headers(&[
-            ("forwarded", "for=\"[2001:db8::1]:80\";proto=https, for=10.0.0.2"),
+            (
+                "forwarded",
+                "for=\"[2001:db8::1]:80\";proto=https, for=10.0.0.2",
+            ),
             ("forwarded", "For=\"a,b;c\";Proto=HTTP;by=x"),
         ]);
         let hops = forwarded_hops(&map);
@@ -645,7 +700,10 @@ mod tests {
         assert_eq!(client_proto(&forwarded_hops(&map), &trust), Some("https"));
         // Trusting only the peer, the nearest hop's client (10.0.0.5) is not trusted.
         let peer_only = networks(&["10.9.9.9"]);
-        assert_eq!(client_proto(&forwarded_hops(&map), &peer_only), Some("http"));
+        assert_eq!(
+            client_proto(&forwarded_hops(&map), &peer_only),
+            Some("http")
+        );
         // Trusting every hop reaches the left-most entry.
         assert_eq!(
             client_proto(&forwarded_hops(&map), &ProxyTrust::Everyone),
