@@ -12,56 +12,16 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
-use axum::routing::get;
 use axum::Router;
 use common::{get as get_req, send, Client, RecordingStore, Reply, TokenClient};
 use session_core::store::MemoryStore;
 use session_core::{
-    Key, SameSite, Secure, Session, SessionId, SessionLayer, Store, TlsConnection, TokenHeader,
-    Transport,
+    Key, SameSite, Secure, SessionId, SessionLayer, Store, TlsConnection, TokenHeader, Transport,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-#[derive(Session)]
-struct Visit {
-    views: u32,
-    name: Option<String>,
-}
-
 fn routes() -> Router {
-    Router::new()
-        .route(
-            "/incr",
-            get(|mut v: Session<Visit>| async move {
-                *v.views_mut() += 1;
-                format!("views: {}", v.views())
-            }),
-        )
-        .route(
-            "/read",
-            get(|v: Session<Visit>| async move { format!("views: {}", v.views()) }),
-        )
-        .route(
-            "/name",
-            get(|v: Session<Visit>| async move {
-                format!("name: {}", v.name().as_deref().unwrap_or("none"))
-            }),
-        )
-        .route(
-            "/login",
-            get(|mut v: Session<Visit>| async move {
-                v.regenerate();
-                v.set_name(Some("ada".to_owned()));
-                "logged in"
-            }),
-        )
-        .route(
-            "/logout",
-            get(|mut v: Session<Visit>| async move {
-                v.destroy();
-                "bye"
-            }),
-        )
+    common::visit::routes()
 }
 
 fn layer(store: impl Store) -> SessionLayer {

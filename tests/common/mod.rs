@@ -270,4 +270,5 @@ pub mod sql;
     feature = "memcached"
 ))]
 pub mod stores;
+pub mod visit;
 pub mod wide;
