@@ -12,11 +12,14 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
+use axum::routing::get;
 use axum::Router;
+use common::visit::Visit;
 use common::{get as get_req, send, Client, RecordingStore, Reply, TokenClient};
 use session_core::store::MemoryStore;
 use session_core::{
-    Key, SameSite, Secure, SessionId, SessionLayer, Store, TlsConnection, TokenHeader, Transport,
+    Key, SameSite, Secure, Session, SessionId, SessionLayer, Store, TlsConnection, TokenHeader,
+    Transport,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -237,6 +240,37 @@ async fn destroy_sends_an_empty_token_header() {
         send(&client.app, with_token("/read", &old)).await.body,
         "views: 0"
     );
+}
+
+#[tokio::test]
+async fn a_session_ended_by_another_request_sends_an_empty_token_header() {
+    let store = MemoryStore::new();
+    let app = routes()
+        .route(
+            "/slow-incr",
+            get(|mut v: Session<Visit>| async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                *v.views_mut() += 1;
+                "counted"
+            }),
+        )
+        .layer(layer(store.clone()).with_transport(Transport::Header));
+    let mut client = TokenClient::new(app.clone(), TOKEN);
+    client.get("/incr").await;
+    let token_a = client.token.clone().unwrap();
+    let in_flight = send(&app, with_token("/slow-incr", &token_a));
+    let logout = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send(&app, with_token("/logout", &token_a)).await
+    };
+    let (late, logout) = tokio::join!(in_flight, logout);
+    assert_eq!(token(&logout), Some(""));
+    assert_eq!(
+        token(&late),
+        Some(""),
+        "the late save found the session gone"
+    );
+    assert!(store.is_empty(), "the late save did not bring it back");
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use session_core::Session;
 
 #[derive(Session)]
 pub struct Visit {
-    views: u32,
-    name: Option<String>,
+    pub views: u32,
+    pub name: Option<String>,
 }
 
 /// `/incr` and `/read` answer `views: N`, `/name` answers `name: NAME` (or `none`),
