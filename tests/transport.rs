@@ -664,6 +664,14 @@ fn accepted_configurations_pass_check() {
                 .with_token_header(TokenHeader::Bearer),
         ),
         (
+            "a bad option set again correctly",
+            base()
+                .with_trusted_proxies(["proxy.internal"])
+                .with_trusted_proxies(["10.0.0.1"])
+                .with_token_header(TokenHeader::Named("X Bad".to_owned()))
+                .with_token_header(TokenHeader::Named("X-Api-Session".to_owned())),
+        ),
+        (
             "proxies as addresses and networks",
             base().with_trusted_proxies(["127.0.0.1", "::1", "10.0.0.0/8", "fd00::/8"]),
         ),

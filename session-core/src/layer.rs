@@ -21,7 +21,7 @@ use crate::cookie::{Key, KeyRing};
 use crate::error::SessionError;
 use crate::lifecycle::{CookieAction, RequestState};
 use crate::store::Store;
-use crate::transport::{self, Answer, Delivery, ProxyTrust, TokenHeader, Transport};
+use crate::transport::{self, Answer, Delivery, TokenHeader, Transport};
 
 /// Adds sessions to an axum app. See the [crate docs](crate) for an example and the options
 /// table.
@@ -103,12 +103,7 @@ impl SessionLayer {
         note = "trusts every client; use `with_trusted_proxies([\"PROXY_IP_OR_CIDR\"])` with `ConnectInfo`"
     )]
     pub fn with_trusted_proxy(self, trust: bool) -> Self {
-        let trust = if trust {
-            ProxyTrust::Everyone
-        } else {
-            ProxyTrust::Nobody
-        };
-        self.edit(|c| c.transport.trust = trust)
+        self.edit(|c| c.transport.set_trust_everyone(trust))
     }
 
     /// The proxies (IP addresses such as `10.0.0.7` or `::1`, networks such as `10.0.0.0/8`)

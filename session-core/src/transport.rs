@@ -151,7 +151,7 @@ pub struct TlsConnection;
 
 /// Which peers may say, through forwarding headers, that a request came over HTTPS.
 #[derive(Clone, Debug, Default)]
-pub(crate) enum ProxyTrust {
+enum ProxyTrust {
     /// None: only the connection counts.
     #[default]
     Nobody,
@@ -189,17 +189,24 @@ impl Network {
             Some((addr, bits)) => (addr, Some(bits)),
             None => (text, None),
         };
-        let addr: IpAddr = addr.parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let bits = match bits {
+        let written: IpAddr = addr.parse().ok()?;
+        let max = if written.is_ipv4() { 32 } else { 128 };
+        let bits: u8 = match bits {
             Some(bits) if bits.bytes().all(|b| b.is_ascii_digit()) => bits.parse().ok()?,
             Some(_) => return None,
             None => max,
         };
-        (bits <= max).then_some(Self {
-            addr: addr.to_canonical(),
-            bits,
-        })
+        if bits > max {
+            return None;
+        }
+        // `::ffff:10.0.0.0/104` is the IPv4 network `10.0.0.0/8`.
+        let addr = written.to_canonical();
+        let bits = if addr.is_ipv4() && written.is_ipv6() {
+            bits.checked_sub(96)?
+        } else {
+            bits
+        };
+        Some(Self { addr, bits })
     }
 
     fn contains(&self, addr: IpAddr) -> bool {
@@ -227,10 +234,12 @@ pub(crate) struct TransportConfig {
     /// The token header's name (`authorization` for bearer tokens).
     header: HeaderName,
     bearer: bool,
-    pub(crate) trust: ProxyTrust,
+    trust: ProxyTrust,
     pub(crate) tls_listener: bool,
-    /// An option that did not parse, reported by `check()`.
-    invalid: Option<ConfigError>,
+    /// A token header or a trusted proxy that did not parse, reported by `check()` (until
+    /// the option is set again).
+    invalid_header: Option<ConfigError>,
+    invalid_proxy: Option<ConfigError>,
 }
 
 impl Default for TransportConfig {
@@ -241,13 +250,15 @@ impl Default for TransportConfig {
             bearer: false,
             trust: ProxyTrust::Nobody,
             tls_listener: false,
-            invalid: None,
+            invalid_header: None,
+            invalid_proxy: None,
         }
     }
 }
 
 impl TransportConfig {
     pub(crate) fn set_token_header(&mut self, header: TokenHeader) {
+        self.invalid_header = None;
         match header {
             TokenHeader::Bearer => {
                 self.header = AUTHORIZATION;
@@ -258,23 +269,34 @@ impl TransportConfig {
                     self.header = parsed;
                     self.bearer = false;
                 }
-                _ => self.invalid = Some(ConfigError::TokenHeader(name)),
+                _ => self.invalid_header = Some(ConfigError::TokenHeader(name)),
             },
         }
     }
 
     pub(crate) fn set_trusted_proxies(&mut self, proxies: impl IntoIterator<Item = String>) {
+        self.invalid_proxy = None;
         let mut networks = Vec::new();
         for proxy in proxies {
             match Network::parse(&proxy) {
                 Some(network) => networks.push(network),
                 None => {
-                    self.invalid = Some(ConfigError::TrustedProxy(proxy));
+                    self.invalid_proxy = Some(ConfigError::TrustedProxy(proxy));
                     return;
                 }
             }
         }
         self.trust = ProxyTrust::Networks(networks);
+    }
+
+    /// The deprecated all-or-nothing trust.
+    pub(crate) fn set_trust_everyone(&mut self, trust: bool) {
+        self.invalid_proxy = None;
+        self.trust = if trust {
+            ProxyTrust::Everyone
+        } else {
+            ProxyTrust::Nobody
+        };
     }
 
     pub(crate) fn uses_cookie(&self) -> bool {
@@ -286,7 +308,7 @@ impl TransportConfig {
     }
 
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
-        match &self.invalid {
+        match self.invalid_header.as_ref().or(self.invalid_proxy.as_ref()) {
             Some(error) => Err(error.clone()),
             None => Ok(()),
         }
@@ -630,6 +652,9 @@ mod tests {
         assert!(v6.contains("2001:db8:1::5".parse().unwrap()));
         assert!(!v6.contains("2001:db9::5".parse().unwrap()));
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        let mapped = Network::parse("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(mapped, Network::parse("10.0.0.0/8").unwrap());
+        assert_eq!(Network::parse("::ffff:10.0.0.0/64"), None);
         assert!(Network::parse("0.0.0.0/0")
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
