@@ -9,6 +9,10 @@
 //! | `POST /cart` (`item=...`) | adds to the cart, `303` to `/cart` |
 //! | `GET /cart` | the cart, one item per line |
 //! | `POST /logout` | destroys the session, `303` to `/` |
+//!
+//! The session token travels in the `sid` cookie, or, with `SESSION_TRANSPORT=header` (or
+//! `both`), in the `X-Session-Token` header: the first response carries it, and a client
+//! sends it back as it came.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use session_core::store::{CachingStore, MemoryStore, Store};
-use session_core::{Key, Session, SessionLayer};
+use session_core::{Key, Session, SessionLayer, Transport};
 use tower_http::timeout::TimeoutLayer;
 
 /// The cookie lifetime from the seed: 15 minutes.
@@ -50,15 +54,49 @@ pub fn routes() -> Router {
         .route("/logout", post(logout))
 }
 
-/// The app with sessions in `store`, as the example serves it: the session layer inside a
-/// [`REQUEST_TIMEOUT`].
+/// The app with sessions in `store`, as the example serves it by default.
 pub fn app(store: Arc<dyn Store>, key: Key) -> Router {
-    routes()
-        .layer(SessionLayer::from_arc(store, key).with_max_age(MAX_AGE))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+    app_with(layer(store, key))
+}
+
+/// The app's routes behind `layer`, inside a [`REQUEST_TIMEOUT`]: the session layer runs
+/// within the timeout, so a request cut off by it also gives its session (and lock) back.
+pub fn app_with(layer: SessionLayer) -> Router {
+    routes().layer(layer).layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        REQUEST_TIMEOUT,
+    ))
+}
+
+/// The app's session layer before the environment's options: 15-minute sessions, the token
+/// in the `sid` cookie (or, once the transport says so, in the `X-Session-Token` header).
+pub fn layer(store: Arc<dyn Store>, key: Key) -> SessionLayer {
+    SessionLayer::from_arc(store, key).with_max_age(MAX_AGE)
+}
+
+/// The transport named by `SESSION_TRANSPORT`: `cookie` (or empty), `header` or `both`.
+///
+/// # Errors
+/// A message naming the accepted values.
+pub fn transport_from_spec(spec: &str) -> Result<Transport, String> {
+    match spec.trim().to_ascii_lowercase().as_str() {
+        "" | "cookie" => Ok(Transport::Cookie),
+        "header" => Ok(Transport::Header),
+        "both" => Ok(Transport::Both),
+        other => Err(format!(
+            "unknown SESSION_TRANSPORT {other:?}; expected cookie, header or both"
+        )),
+    }
+}
+
+/// The proxies named by `SESSION_TRUSTED_PROXIES`: addresses or networks separated by
+/// commas, like `127.0.0.1,10.0.0.0/8`. Empty: none.
+pub fn trusted_proxies_from_spec(spec: &str) -> Vec<String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|proxy| !proxy.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The store named by `SESSION_STORE`.

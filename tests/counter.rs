@@ -5,8 +5,9 @@ mod common;
 use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
-use common::{get as get_req, send, Client};
+use common::{get as get_req, send, Client, TokenClient};
 use session_core::store::MemoryStore;
+use session_core::Transport;
 use typed_sessions::counter;
 
 fn client() -> (Client, MemoryStore) {
@@ -153,4 +154,85 @@ async fn a_request_slower_than_the_timeout_gets_408() {
     let app = counter::app(Arc::new(MemoryStore::new()), common::key());
     let response = app.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+}
+
+fn token_client(transport: &str) -> (TokenClient, MemoryStore) {
+    let store = MemoryStore::new();
+    let transport = counter::transport_from_spec(transport).unwrap();
+    let layer = counter::layer(Arc::new(store.clone()), common::key()).with_transport(transport);
+    let app = counter::app_with(layer.check().unwrap());
+    (TokenClient::new(app, "x-session-token"), store)
+}
+
+#[tokio::test]
+async fn header_transport_counts_with_the_x_session_token_header() {
+    for transport in ["header", "both"] {
+        let (mut client, store) = token_client(transport);
+        let first = client.get("/").await;
+        assert_eq!(first.body, "You visited 1 times");
+        let token = first.headers["x-session-token"].to_str().unwrap();
+        assert_eq!(token.len(), 76, "{transport}: {token}");
+        for n in 2..=3 {
+            let reply = client.get("/").await;
+            assert_eq!(reply.body, format!("You visited {n} times"), "{transport}");
+            assert!(reply.set_cookies().is_empty(), "{transport}");
+        }
+        assert_eq!(client.get("/peek").await.body, "views: 3");
+        assert_eq!(store.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn header_transport_logs_in_and_out() {
+    let (mut client, store) = token_client("header");
+    client.get("/").await;
+    let before = client.token.clone().unwrap();
+    let login = send(
+        &client.app,
+        axum::http::Request::post("/login")
+            .header("x-session-token", &before)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from("name=ada"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER);
+    let after = login.headers["x-session-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(after, before);
+    client.token = Some(after.clone());
+    assert_eq!(client.get("/me").await.body, "user: ada");
+    let logout = send(
+        &client.app,
+        axum::http::Request::post("/logout")
+            .header("x-session-token", &after)
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(logout.headers["x-session-token"], "");
+    assert!(store.is_empty());
+}
+
+#[test]
+fn transport_and_proxy_specs_parse() {
+    assert_eq!(counter::transport_from_spec(""), Ok(Transport::Cookie));
+    assert_eq!(
+        counter::transport_from_spec("cookie"),
+        Ok(Transport::Cookie)
+    );
+    assert_eq!(
+        counter::transport_from_spec(" Header "),
+        Ok(Transport::Header)
+    );
+    assert_eq!(counter::transport_from_spec("both"), Ok(Transport::Both));
+    let error = counter::transport_from_spec("pigeon").unwrap_err();
+    assert!(error.contains("expected cookie, header or both"), "{error}");
+    assert_eq!(
+        counter::trusted_proxies_from_spec(" 127.0.0.1, 10.0.0.0/8 ,"),
+        ["127.0.0.1", "10.0.0.0/8"]
+    );
+    assert!(counter::trusted_proxies_from_spec("").is_empty());
 }

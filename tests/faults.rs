@@ -10,46 +10,14 @@ use axum::http::StatusCode;
 use common::{get as get_req, send, Client};
 use session_core::conformance::{Fault, FaultStore, Op};
 use session_core::store::MemoryStore;
-use session_core::{SaveErrors, Session, SessionLayer, Store};
-
-#[derive(Session)]
-struct Visit {
-    views: u32,
-    name: Option<String>,
-}
+use session_core::{SaveErrors, SessionLayer, Store};
 
 fn app(
     store: FaultStore<MemoryStore>,
     layer: impl FnOnce(SessionLayer) -> SessionLayer,
 ) -> axum::Router {
     use axum::routing::get;
-    axum::Router::new()
-        .route(
-            "/incr",
-            get(|mut v: Session<Visit>| async move {
-                *v.views_mut() += 1;
-                format!("views: {}", v.views())
-            }),
-        )
-        .route(
-            "/read",
-            get(|v: Session<Visit>| async move { format!("views: {}", v.views()) }),
-        )
-        .route(
-            "/login",
-            get(|mut v: Session<Visit>| async move {
-                v.regenerate();
-                v.set_name(Some("ada".to_owned()));
-                "ok"
-            }),
-        )
-        .route(
-            "/logout",
-            get(|mut v: Session<Visit>| async move {
-                v.destroy();
-                "bye"
-            }),
-        )
+    common::visit::routes()
         .route("/plain", get(|| async { "plain" }))
         .layer(layer(
             SessionLayer::new(store, common::key()).with_touch_after(Duration::ZERO),

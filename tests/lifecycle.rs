@@ -16,6 +16,7 @@ use serde::Deserialize;
 use session_core::store::MemoryStore;
 use session_core::{
     Key, SameSite, SaveMode, Secure, Session, SessionId, SessionLayer, Store, Timestamp,
+    TlsConnection,
 };
 
 #[derive(Session)]
@@ -457,6 +458,7 @@ async fn secure_cookie_on_plain_http_stores_nothing() {
 }
 
 #[tokio::test]
+#[allow(deprecated)] // `with_trusted_proxy(true)` keeps working, trusting every peer.
 async fn secure_follows_a_trusted_forwarded_proto() {
     let request = || {
         Request::get("/incr")
@@ -470,6 +472,26 @@ async fn secure_follows_a_trusted_forwarded_proto() {
     let untrusted = app_with(layer(MemoryStore::new()));
     let cookie = send(&untrusted, request()).await.set_cookie("sid").unwrap();
     assert!(!cookie.contains("Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn absolute_form_https_target_on_plain_http_gets_no_secure_cookie() {
+    // `GET https://example.com/incr HTTP/1.1` on a plain connection: the client wrote the
+    // scheme, so it says nothing about the connection.
+    let request = || {
+        Request::get("https://example.com/incr")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let auto = app_with(layer(MemoryStore::new()));
+    let cookie = send(&auto, request()).await.set_cookie("sid").unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    // Nor does it let a `Secure::Always` session be stored on plain HTTP.
+    let store = RecordingStore::new();
+    let always = app_with(layer(store.clone()).with_secure(Secure::Always));
+    let reply = send(&always, request()).await;
+    assert!(reply.set_cookies().is_empty(), "{:?}", reply.set_cookies());
+    assert!(store.ops().is_empty(), "{:?}", store.ops());
 }
 
 #[tokio::test]
@@ -491,7 +513,9 @@ async fn cookie_attributes_follow_the_options() {
         .with_same_site(SameSite::Strict)
         .with_secure(Secure::Always)
         .with_partitioned(true);
+    // Over TLS terminated by the app (a `Secure::Always` cookie is only set on HTTPS).
     let request = Request::get("https://example.com/incr")
+        .extension(TlsConnection)
         .body(axum::body::Body::empty())
         .unwrap();
     let reply = send(&app_with(custom), request).await;
@@ -603,4 +627,144 @@ async fn cookie_header_with_many_cookies_is_handled() {
         .unwrap();
     let reply = send(&app_with(layer(MemoryStore::new())), request).await;
     assert_eq!(reply.body, "views: 0");
+}
+
+/// With no absolute timeout set, a session still dies 30 days after it was created, however
+/// active: the deadline stored is capped there even when the idle timeout is longer.
+#[tokio::test]
+async fn the_default_absolute_timeout_is_thirty_days() {
+    let store = MemoryStore::new();
+    let app = app_with(layer(store.clone()).with_idle_timeout(Duration::from_secs(90 * 86_400)));
+    let mut client = Client::new(app);
+    client.get("/incr").await;
+    let record = store
+        .load(&key_of(client.cookie.as_deref().unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
+    let lifetime = record.expires_at.saturating_since(record.created_at);
+    assert_eq!(lifetime, Duration::from_secs(30 * 86_400));
+
+    // And it can be turned off.
+    let store = MemoryStore::new();
+    let app = app_with(
+        layer(store.clone())
+            .with_idle_timeout(Duration::from_secs(90 * 86_400))
+            .without_absolute_timeout(),
+    );
+    let mut client = Client::new(app);
+    client.get("/incr").await;
+    let record = store
+        .load(&key_of(client.cookie.as_deref().unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
+    let lifetime = record.expires_at.saturating_since(record.created_at);
+    assert_eq!(lifetime, Duration::from_secs(90 * 86_400));
+}
+
+/// A login (`regenerate`) starts the absolute-timeout window again: the session outlives
+/// the deadline its pre-login id had.
+#[tokio::test]
+async fn regenerate_starts_a_new_absolute_timeout_window() {
+    let store = MemoryStore::new();
+    let app = app_with(
+        layer(store.clone())
+            .with_idle_timeout(Duration::from_secs(60))
+            .with_absolute_timeout(Duration::from_secs(2))
+            .with_touch_after(Duration::ZERO),
+    );
+    let mut client = Client::new(app);
+    client.get("/incr").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    client.get("/login").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // 2.4 s after the first visit, 1.2 s after the login: still the logged-in session.
+    assert_eq!(client.get("/name").await.body, "name: ada");
+    assert_eq!(client.get("/read").await.body, "views: 1");
+}
+
+/// `reload()` of a session another request destroyed reports that it ended, and the
+/// response does not bring it back.
+#[tokio::test]
+async fn reload_of_a_destroyed_session_reports_that_it_ended() {
+    let store = MemoryStore::new();
+    let racing = RacingDelete {
+        inner: store.clone(),
+        loads: Default::default(),
+    };
+    let app = routes()
+        .route(
+            "/reload-gone",
+            get(|mut p: Session<Profile>| async move {
+                let error = p.reload().await.unwrap_err();
+                format!(
+                    "ended: {}; views: {}",
+                    matches!(error, session_core::SessionError::Ended),
+                    p.views()
+                )
+            }),
+        )
+        .layer(layer(racing));
+    let mut client = Client::new(app);
+    client.get("/incr").await;
+    let reply = client.get("/reload-gone").await;
+    assert_eq!(reply.body, "ended: true; views: 0");
+    assert!(
+        reply.set_cookie("sid").unwrap().contains("Max-Age=0"),
+        "the ended session's cookie is cleared"
+    );
+    assert!(client.cookie.is_none());
+}
+
+/// A memory store whose second load of a key deletes the record first, as a logout in
+/// another request would between a handler's load and its `reload()`.
+#[derive(Clone)]
+struct RacingDelete {
+    inner: MemoryStore,
+    loads: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<session_core::StoreKey, u32>>>,
+}
+
+#[async_trait::async_trait]
+impl Store for RacingDelete {
+    async fn load(
+        &self,
+        key: &session_core::StoreKey,
+    ) -> Result<Option<session_core::Record>, session_core::StoreError> {
+        let seen = {
+            let mut loads = self.loads.lock().unwrap();
+            let n = loads.entry(*key).or_default();
+            *n += 1;
+            *n
+        };
+        if seen == 2 {
+            self.inner.delete(key).await?;
+        }
+        self.inner.load(key).await
+    }
+    async fn create(
+        &self,
+        key: &session_core::StoreKey,
+        record: &session_core::Record,
+    ) -> Result<bool, session_core::StoreError> {
+        self.inner.create(key, record).await
+    }
+    async fn save(
+        &self,
+        key: &session_core::StoreKey,
+        record: &session_core::Record,
+        mode: session_core::SaveMode,
+    ) -> Result<bool, session_core::StoreError> {
+        self.inner.save(key, record, mode).await
+    }
+    async fn touch(
+        &self,
+        key: &session_core::StoreKey,
+        at: session_core::Timestamp,
+    ) -> Result<bool, session_core::StoreError> {
+        self.inner.touch(key, at).await
+    }
+    async fn delete(&self, key: &session_core::StoreKey) -> Result<(), session_core::StoreError> {
+        self.inner.delete(key).await
+    }
 }

@@ -29,9 +29,8 @@ pub enum Secure {
     Always,
     /// Never (plain-HTTP development).
     Never,
-    /// When the request is HTTPS: its URI scheme says so, or, with
-    /// [`with_trusted_proxy`](crate::SessionLayer::with_trusted_proxy), the first
-    /// `X-Forwarded-Proto` value is `https`.
+    /// When the request came over HTTPS: the app's own TLS listener or a trusted proxy says
+    /// so, never the client (see [`transport`](crate::transport) for the rules).
     #[default]
     Auto,
 }
@@ -70,7 +69,8 @@ pub(crate) struct Config {
     pub(crate) domain: Option<String>,
     pub(crate) http_only: bool,
     pub(crate) secure: Secure,
-    pub(crate) trust_proxy: bool,
+    #[cfg(feature = "axum")]
+    pub(crate) transport: crate::transport::TransportConfig,
     pub(crate) same_site: SameSite,
     pub(crate) partitioned: bool,
     pub(crate) max_age: Option<Duration>,
@@ -105,7 +105,8 @@ impl Config {
             domain: None,
             http_only: true,
             secure: Secure::Auto,
-            trust_proxy: false,
+            #[cfg(feature = "axum")]
+            transport: Default::default(),
             same_site: SameSite::Lax,
             partitioned: false,
             max_age: None,
@@ -147,8 +148,8 @@ impl Config {
                 return Err(ConfigError::Domain(domain.clone()));
             }
         }
-        if self.same_site == SameSite::None && self.secure == Secure::Never {
-            return Err(ConfigError::SameSiteNoneWithoutSecure);
+        if self.uses_cookie() {
+            self.check_cookie_security()?;
         }
         if self.partitioned && self.secure == Secure::Never {
             return Err(ConfigError::PartitionedWithoutSecure);
@@ -165,6 +166,8 @@ impl Config {
                 return Err(ConfigError::Timeout(name));
             }
         }
+        #[cfg(feature = "axum")]
+        self.transport.check()?;
         if let Some(lock) = self.lock {
             if !self.store.supports_locks() {
                 return Err(ConfigError::LocksUnsupported);
@@ -172,6 +175,61 @@ impl Config {
             if lock.lease <= lock.wait {
                 return Err(ConfigError::LockLease);
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    #[cfg(feature = "axum")]
+    fn uses_cookie(&self) -> bool {
+        self.transport.uses_cookie()
+    }
+
+    #[cfg(not(feature = "axum"))]
+    fn uses_cookie(&self) -> bool {
+        true
+    }
+
+    /// Whether a token can be sent in a header, which reaches the client over plain HTTP too.
+    #[cfg(feature = "axum")]
+    pub(crate) fn uses_token_header(&self) -> bool {
+        self.transport.uses_header()
+    }
+
+    #[cfg(not(feature = "axum"))]
+    pub(crate) fn uses_token_header(&self) -> bool {
+        false
+    }
+
+    /// The rules browsers apply to cookie attributes, so a cookie they would drop is refused
+    /// here instead of losing every session in production.
+    fn check_cookie_security(&self) -> Result<(), ConfigError> {
+        let always_secure = self.secure == Secure::Always;
+        // `SameSite=None` without `Secure` is dropped; `Auto` would send it on plain HTTP.
+        if self.same_site == SameSite::None && !always_secure {
+            return Err(ConfigError::SameSiteNoneWithoutSecure);
+        }
+        let name = self.cookie_name.as_bytes();
+        let prefixed = |prefix: &str| {
+            name.get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
+        };
+        // `__Host-` cookies must be `Secure`, host-only and for the whole site.
+        if prefixed("__Host-") {
+            if !always_secure {
+                return Err(ConfigError::HostPrefixWithoutSecure);
+            }
+            if self.domain.is_some() {
+                return Err(ConfigError::HostPrefixWithDomain);
+            }
+            if self.path != "/" {
+                return Err(ConfigError::HostPrefixPath(self.path.clone()));
+            }
+        }
+        // `__Secure-` cookies must be `Secure`.
+        if prefixed("__Secure-") && !always_secure {
+            return Err(ConfigError::SecurePrefixWithoutSecure);
         }
         Ok(())
     }
@@ -190,9 +248,28 @@ pub enum ConfigError {
     /// The cookie domain is empty or has characters a cookie cannot carry.
     #[error("invalid session cookie domain {0:?}")]
     Domain(String),
-    /// `SameSite=None` was asked for with `Secure::Never`; browsers drop such cookies.
-    #[error("SameSite=None needs a Secure cookie: browsers reject it otherwise; use Secure::Always or Secure::Auto")]
+    /// `SameSite=None` was asked for without `Secure::Always`; browsers drop such cookies
+    /// (with `Secure::Auto`, on every plain-HTTP request).
+    #[error("SameSite=None needs a cookie that is always Secure (browsers reject it otherwise): add `.with_secure(Secure::Always)`, or use SameSite::Lax")]
     SameSiteNoneWithoutSecure,
+    /// A `__Host-` cookie name without `Secure::Always`.
+    #[error("a `__Host-` cookie must always be Secure (browsers reject it otherwise): add `.with_secure(Secure::Always)`, or drop the prefix")]
+    HostPrefixWithoutSecure,
+    /// A `__Host-` cookie name with a `Domain`.
+    #[error("a `__Host-` cookie cannot have a Domain (browsers reject it): remove `.with_domain(...)`, or use the `__Secure-` prefix")]
+    HostPrefixWithDomain,
+    /// A `__Host-` cookie name with a path other than `/`.
+    #[error("a `__Host-` cookie must have Path=/ (browsers reject it otherwise), not {0:?}: remove `.with_path(...)`, or use the `__Secure-` prefix")]
+    HostPrefixPath(String),
+    /// A `__Secure-` cookie name without `Secure::Always`.
+    #[error("a `__Secure-` cookie must always be Secure (browsers reject it otherwise): add `.with_secure(Secure::Always)`, or drop the prefix")]
+    SecurePrefixWithoutSecure,
+    /// A trusted proxy that is neither an IP address nor a network.
+    #[error("invalid trusted proxy {0:?}: give an IP address (`10.0.0.7`, `::1`) or a network (`10.0.0.0/8`, `fd00::/8`)")]
+    TrustedProxy(String),
+    /// A token header name that is not a header name, or names a header with another meaning.
+    #[error("invalid session token header {0:?}: give a header name such as `X-Session-Token` (not Cookie, Set-Cookie or Cache-Control; for `Authorization: Bearer` use TokenHeader::Bearer)")]
+    TokenHeader(String),
     /// `Partitioned` was asked for with `Secure::Never`; browsers drop such cookies.
     #[error("a Partitioned cookie must be Secure; use Secure::Always or Secure::Auto")]
     PartitionedWithoutSecure,

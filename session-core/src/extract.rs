@@ -2,9 +2,7 @@
 
 use axum_core::extract::FromRequestParts;
 use axum_core::response::{IntoResponse, Response};
-use http::header::COOKIE;
 use http::request::Parts;
-use http::HeaderValue;
 use http::StatusCode;
 
 use crate::data::SessionData;
@@ -20,7 +18,8 @@ where
     type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let Some(SessionHandle(state)) = parts.extensions.get::<SessionHandle>().cloned() else {
+        let Some(SessionHandle(state, delivery)) = parts.extensions.get::<SessionHandle>().cloned()
+        else {
             return Err(SessionRejection {
                 error: SessionError::MissingLayer,
                 response: None,
@@ -33,12 +32,8 @@ where
                 error,
             }
         };
-        let cookies = parts
-            .headers
-            .get_all(COOKIE)
-            .iter()
-            .map(HeaderValue::as_bytes);
-        state.load(cookies).await.map_err(reject)?;
+        let find = || crate::transport::lookup(&state.config, delivery, &parts.headers);
+        state.load(find).await.map_err(reject)?;
         let view = state.check_out::<T::View>().map_err(reject)?;
         Ok(Session::new(view, state))
     }

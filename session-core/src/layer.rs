@@ -21,6 +21,7 @@ use crate::cookie::{Key, KeyRing};
 use crate::error::{log_failure, SessionError};
 use crate::lifecycle::{CookieAction, RequestState};
 use crate::store::Store;
+use crate::transport::{self, Answer, Delivery, TokenHeader, Transport};
 
 /// Adds sessions to an axum app. See the [crate docs](crate) for an example and the options
 /// table.
@@ -92,11 +93,55 @@ impl SessionLayer {
         self.edit(|c| c.secure = secure)
     }
 
-    /// Trust the first `X-Forwarded-Proto` value to tell whether the request came over HTTPS
-    /// (for [`Secure::Auto`]). Only enable this behind a proxy that sets the header.
-    /// Default: `false`.
+    /// `true` trusts **every peer** to say through forwarding headers that a request came
+    /// over HTTPS (for [`Secure::Auto`]), so a client that reaches the app directly can claim
+    /// HTTPS; the left-most `Forwarded` / `X-Forwarded-Proto` entry decides. `false` trusts
+    /// nobody (the default). Replaced by
+    /// [`with_trusted_proxies`](Self::with_trusted_proxies), which trusts only your proxies'
+    /// addresses.
+    #[deprecated(
+        note = "trusts every client; use `with_trusted_proxies([\"PROXY_IP_OR_CIDR\"])` with `ConnectInfo`"
+    )]
     pub fn with_trusted_proxy(self, trust: bool) -> Self {
-        self.edit(|c| c.trust_proxy = trust)
+        self.edit(|c| c.transport.set_trust_everyone(trust))
+    }
+
+    /// The proxies (IP addresses such as `10.0.0.7` or `::1`, networks such as `10.0.0.0/8`)
+    /// allowed to say, with `Forwarded` or `X-Forwarded-Proto`, that a request came over
+    /// HTTPS (for [`Secure::Auto`]). The peer address comes from axum's
+    /// `ConnectInfo<SocketAddr>`: serve the app with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`. Requests from other peers, or
+    /// without a peer address, are judged by their connection alone. An entry that does not
+    /// parse is reported by [`check`](Self::check). See [`transport`](crate::transport) for
+    /// how the headers and several hops are read. Default: none.
+    pub fn with_trusted_proxies<I>(self, proxies: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let proxies = proxies.into_iter().map(Into::into);
+        self.edit(|c| c.transport.set_trusted_proxies(proxies))
+    }
+
+    /// `true` says the app's own listener terminates TLS (axum-server with rustls, say), so
+    /// every request counts as HTTPS for [`Secure::Auto`]. When only some requests come
+    /// over TLS, mark those with [`TlsConnection`](crate::TlsConnection) instead.
+    /// Default: `false`.
+    pub fn with_tls_listener(self, tls: bool) -> Self {
+        self.edit(|c| c.transport.tls_listener = tls)
+    }
+
+    /// Where the session token travels: the cookie (the default), a header, or both. See
+    /// [`transport`](crate::transport).
+    pub fn with_transport(self, transport: Transport) -> Self {
+        self.edit(|c| c.transport.transport = transport)
+    }
+
+    /// The header that carries the token with [`Transport::Header`] or [`Transport::Both`].
+    /// A name that is not a valid header name is reported by [`check`](Self::check).
+    /// Default: `X-Session-Token`.
+    pub fn with_token_header(self, header: TokenHeader) -> Self {
+        self.edit(|c| c.transport.set_token_header(header))
     }
 
     /// The cookie's `SameSite`. Default: [`SameSite::Lax`].
@@ -276,7 +321,7 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        state: Option<Arc<RequestState>>,
+        state: Option<(Arc<RequestState>, Delivery)>,
         finishing: Option<Pin<Box<dyn Future<Output = Response> + Send>>>,
     }
 }
@@ -304,8 +349,10 @@ where
             Poll::Pending => return Poll::Pending,
         };
         match this.state.take() {
-            Some(state) if state.needs_finish() => {
-                let finishing = this.finishing.insert(Box::pin(finish(state, response)));
+            Some((state, delivery)) if state.needs_finish() => {
+                let finishing = this
+                    .finishing
+                    .insert(Box::pin(finish(state, delivery, response)));
                 finishing.as_mut().poll(cx).map(Ok)
             }
             _ => Poll::Ready(Ok(response)),
@@ -313,17 +360,32 @@ where
     }
 }
 
-/// Saves the session as the rules say and sets the response's cookie, or replaces the
-/// response with the error one.
-async fn finish(state: Arc<RequestState>, mut response: Response) -> Response {
-    match state.finish().await {
+/// Saves the session as the rules say and sends the token on the request's transport, or
+/// replaces the response with the error one.
+async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Response) -> Response {
+    let action = state.finish().await;
+    let answer = Answer::for_request(&state.config, delivery, state.token_sent());
+    // A `Secure` cookie on plain HTTP would be dropped by the browser: with a header
+    // transport at hand the token goes there only.
+    let cookie = answer.cookie && (!state.cookie_secure() || delivery.secure);
+    match action {
         Ok(CookieAction::Keep) => {}
         Ok(CookieAction::Set(id)) => {
             let value = state.config.keys.sign(&id);
-            append_cookie(&mut response, &state, &value, state.config.max_age);
+            if cookie {
+                append_cookie(&mut response, &state, &value, state.config.max_age);
+            }
+            if answer.header {
+                transport::append_token_header(&mut response, &state.config, &value);
+            }
         }
         Ok(CookieAction::Clear) => {
-            append_cookie(&mut response, &state, "", Some(Duration::ZERO));
+            if cookie {
+                append_cookie(&mut response, &state, "", Some(Duration::ZERO));
+            }
+            if answer.header {
+                transport::append_token_header(&mut response, &state.config, "");
+            }
         }
         Err(error) => {
             log_failure(&error, "session could not be saved");
@@ -337,7 +399,7 @@ async fn finish(state: Arc<RequestState>, mut response: Response) -> Response {
 
 /// The handle the extractor finds in the request's extensions.
 #[derive(Clone)]
-pub(crate) struct SessionHandle(pub(crate) Arc<RequestState>);
+pub(crate) struct SessionHandle(pub(crate) Arc<RequestState>, pub(crate) Delivery);
 
 impl<S, B> Service<Request<B>> for SessionService<S>
 where
@@ -355,12 +417,12 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let config = &self.config;
         let state = path_matches(request.uri().path(), &config.path).then(|| {
-            let secure = is_secure(&request, config.trust_proxy);
-            let state = Arc::new(RequestState::new(config.clone(), secure));
+            let delivery = Delivery::of(config, request.headers(), request.extensions());
+            let state = Arc::new(RequestState::new(config.clone(), delivery.secure));
             request
                 .extensions_mut()
-                .insert(SessionHandle(state.clone()));
-            state
+                .insert(SessionHandle(state.clone(), delivery));
+            (state, delivery)
         });
         ResponseFuture {
             inner: self.inner.call(request),
@@ -376,19 +438,6 @@ fn path_matches(request: &str, cookie: &str) -> bool {
         || request == cookie
         || (request.starts_with(cookie)
             && (cookie.ends_with('/') || request.as_bytes().get(cookie.len()) == Some(&b'/')))
-}
-
-fn is_secure<B>(request: &Request<B>, trust_proxy: bool) -> bool {
-    if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
-        return true;
-    }
-    trust_proxy
-        && request
-            .headers()
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
 fn append_cookie(

@@ -52,6 +52,12 @@
 //! When the store is written, and when `Set-Cookie` is sent, follows express-session's
 //! rules; see [`lifecycle`].
 //!
+//! # Cookies, headers and proxies
+//!
+//! The signed token travels in a cookie by default, or in a header for API and mobile
+//! clients (`X-Session-Token` or `Authorization: Bearer`); `Secure::Auto` believes only the
+//! connection and the proxies you trust by address. See [`transport`].
+//!
 //! # Features
 //!
 //! - `axum` (default): the layer and the extractor.
@@ -85,6 +91,8 @@ pub mod store;
 mod extract;
 #[cfg(feature = "axum")]
 mod layer;
+#[cfg(feature = "axum")]
+pub mod transport;
 
 pub use crate::config::{ConfigError, SameSite, SaveErrors, Secure};
 pub use crate::cookie::{Key, KeyError};
@@ -98,6 +106,8 @@ pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
 pub use crate::record::{Fields, Record, SaveMode, Timestamp};
 pub use crate::session::Session;
 pub use crate::store::{Store, StoreError};
+#[cfg(feature = "axum")]
+pub use crate::transport::{TlsConnection, TokenHeader, Transport};
 
 /// Derives [`SessionData`] and the typed accessors of [`Session<T>`](struct@Session).
 pub use session_derive::Session;

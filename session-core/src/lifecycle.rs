@@ -118,9 +118,10 @@ impl RequestState {
         }
     }
 
-    /// A browser keeps the cookie only if it is not `Secure` or the request is secure.
+    /// A browser keeps the cookie only if it is not `Secure` or the request is secure; a
+    /// token header reaches the client either way.
     fn can_set_cookie(&self) -> bool {
-        !self.cookie_secure() || self.secure_request
+        self.config.uses_token_header() || !self.cookie_secure() || self.secure_request
     }
 
     /// The deadline for a session created at `created`, as of `now`.
@@ -174,13 +175,13 @@ impl RequestState {
         }
     }
 
-    /// Finds the session cookie among the request's `Cookie` header values and reads its
+    /// Finds the session token (`find` looks on the request's transport) and reads its
     /// session from the store, once per request, taking its lock first when per-session
-    /// locks are on. Cookies are verified here, on first extraction, so requests whose
+    /// locks are on. Tokens are verified here, on first extraction, so requests whose
     /// handler never takes the session pay nothing for them.
-    pub(crate) async fn load<'h>(
+    pub(crate) async fn load(
         &self,
-        cookie_headers: impl IntoIterator<Item = &'h [u8]>,
+        find: impl FnOnce() -> CookieLookup,
     ) -> Result<(), SessionError> {
         let id = {
             let mut inner = self.lock();
@@ -188,10 +189,7 @@ impl RequestState {
                 return Ok(());
             }
             if !inner.looked_up {
-                inner.lookup = self
-                    .config
-                    .keys
-                    .find(&self.config.cookie_name, cookie_headers);
+                inner.lookup = find();
                 inner.looked_up = true;
             }
             match inner.lookup.id {
@@ -255,6 +253,11 @@ impl RequestState {
     /// Takes the view's changes without giving it back (for an early save).
     pub(crate) fn collect<V: SessionView>(&self, view: &mut V) {
         self.lock().collect(view);
+    }
+
+    /// Whether the request carried a session token, valid or not.
+    pub(crate) fn token_sent(&self) -> bool {
+        self.lock().lookup.present
     }
 
     pub(crate) fn id(&self) -> Option<SessionId> {

@@ -201,6 +201,39 @@ impl Client {
     }
 }
 
+/// A client without a cookie jar: it keeps the session token from a response header and
+/// sends it back in the same header, as an API or mobile client does.
+pub struct TokenClient {
+    pub app: Router,
+    /// The token header, as the response sends it (`x-session-token`, `authorization`).
+    pub header: header::HeaderName,
+    /// The header's whole value to send back (`TOKEN` or `Bearer TOKEN`).
+    pub token: Option<String>,
+}
+
+impl TokenClient {
+    pub fn new(app: Router, header: &'static str) -> Self {
+        Self {
+            app,
+            header: header::HeaderName::from_static(header),
+            token: None,
+        }
+    }
+
+    pub async fn get(&mut self, uri: &str) -> Reply {
+        let mut builder = Request::get(uri);
+        if let Some(token) = &self.token {
+            builder = builder.header(&self.header, token);
+        }
+        let reply = send(&self.app, builder.body(Body::empty()).unwrap()).await;
+        if let Some(value) = reply.headers.get(&self.header) {
+            let value = value.to_str().unwrap();
+            self.token = (!value.is_empty()).then(|| value.to_owned());
+        }
+        reply
+    }
+}
+
 /// Whether a missing test server is a failure (set by `.ci/run`) rather than a skip.
 pub fn servers_required() -> bool {
     std::env::var("SESSIONS_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true")
@@ -237,4 +270,5 @@ pub mod sql;
     feature = "memcached"
 ))]
 pub mod stores;
+pub mod visit;
 pub mod wide;
