@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /` | counts the visit: `You visited N times` |
 //! | `GET /peek` | `views: N`, changing nothing |
-//! | `POST /login` (`name=...`) | new session id, remembers the user, `303` to `/` |
+//! | `POST /login` (`name=...`, optional `remember=1`) | new session id, remembers the user, `303` to `/`; with `remember=1` the cookie lasts 30 days (`Max-Age=2592000`) instead of 15 minutes |
 //! | `GET /me` | `user: NAME` or `user: none` |
 //! | `POST /cart` (`item=...`) | adds to the cart, `303` to `/cart` |
 //! | `GET /cart` | the cart, one item per line |
@@ -281,7 +281,13 @@ async fn peek(visit: Session<Visit>) -> String {
 #[derive(Deserialize)]
 struct LoginForm {
     name: String,
+    /// `remember=1`: keep the login for [`REMEMBER_ME`] rather than the browser session.
+    #[serde(default)]
+    remember: Option<String>,
 }
+
+/// How long "remember me" keeps a login: 30 days.
+pub const REMEMBER_ME: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 async fn login(mut visit: Session<Visit>, Form(form): Form<LoginForm>) -> Response {
     let name = form.name.trim();
@@ -291,6 +297,9 @@ async fn login(mut visit: Session<Visit>, Form(form): Form<LoginForm>) -> Respon
     // A new id at login defeats session fixation; the visit count and cart stay.
     visit.regenerate();
     visit.set_user(Some(name.to_owned()));
+    if form.remember.as_deref() == Some("1") {
+        visit.set_cookie_max_age(Some(REMEMBER_ME));
+    }
     Redirect::to("/").into_response()
 }
 

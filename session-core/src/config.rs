@@ -4,6 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cookie::KeyRing;
+use crate::error::SessionError;
+use crate::events::{SessionEvents, SessionMetrics};
+use crate::id::SessionId;
 use crate::store::Store;
 
 /// Server-side idle timeout when neither `max_age` nor `idle_timeout` is set.
@@ -45,7 +48,27 @@ pub enum SameSite {
     Lax,
     /// Sent on every request; browsers require `Secure` with it.
     None,
+    /// `None` (with `Secure`) on a secure request, `Lax` otherwise: express's `'auto'`, for an
+    /// app embedded cross-site in production and tried over plain HTTP in development. Needs
+    /// [`Secure::Auto`] or [`Secure::Always`].
+    Auto,
 }
+
+/// The cookie's `Priority` attribute (a Chromium extension: which cookies a full cookie jar
+/// keeps longest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// `Priority=Low`.
+    Low,
+    /// `Priority=Medium`, what browsers assume without the attribute.
+    Medium,
+    /// `Priority=High`.
+    High,
+}
+
+/// Draws the 24 random bytes of a new session id: see
+/// [`with_id_generator`](crate::SessionLayer::with_id_generator).
+pub(crate) type IdGenerator = Arc<dyn Fn() -> [u8; 24] + Send + Sync>;
 
 /// What happens to the response when the session cannot be written at its end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -85,6 +108,10 @@ pub(crate) struct Config {
     pub(crate) max_record_bytes: usize,
     pub(crate) store_timeout: Option<Duration>,
     pub(crate) lock: Option<LockConfig>,
+    pub(crate) priority: Option<Priority>,
+    pub(crate) id_generator: Option<IdGenerator>,
+    pub(crate) metrics: SessionMetrics,
+    pub(crate) events: Option<Arc<dyn SessionEvents>>,
 }
 
 /// Per-session locking: how long a lock lives if its holder vanishes, and how long a request
@@ -121,6 +148,18 @@ impl Config {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             store_timeout: Some(DEFAULT_STORE_TIMEOUT),
             lock: None,
+            priority: None,
+            id_generator: None,
+            metrics: SessionMetrics::default(),
+            events: None,
+        }
+    }
+
+    /// A fresh session id, from the app's generator if it set one.
+    pub(crate) fn new_id(&self) -> Result<SessionId, SessionError> {
+        match &self.id_generator {
+            Some(generate) => Ok(SessionId::from_bytes(generate())),
+            None => SessionId::generate().map_err(|e| SessionError::Random(e.to_string())),
         }
     }
 
@@ -176,8 +215,36 @@ impl Config {
                 return Err(ConfigError::LockLease);
             }
         }
+        if let Some(generate) = &self.id_generator {
+            check_id_generator(&**generate)?;
+        }
         Ok(())
     }
+}
+
+/// Draws 32 ids and refuses a generator that repeats one, or whose ids differ in fewer than 20
+/// of their 24 bytes positions (a counter, a clock, a hash of little). This catches the
+/// usual mistakes, not every weak generator: the rule stays "24 bytes from a CSPRNG".
+fn check_id_generator(generate: &(dyn Fn() -> [u8; 24] + Send + Sync)) -> Result<(), ConfigError> {
+    const DRAWS: usize = 32;
+    let ids: Vec<[u8; 24]> = (0..DRAWS).map(|_| generate()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() < DRAWS {
+        return Err(ConfigError::WeakIdGenerator(
+            "it returned the same id twice in 32 draws",
+        ));
+    }
+    let varying = (0..24)
+        .filter(|&i| ids.iter().any(|id| id[i] != ids[0][i]))
+        .count();
+    if varying < 20 {
+        return Err(ConfigError::WeakIdGenerator(
+            "its ids differ in too few of their 24 bytes to hold 128 random bits",
+        ));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -210,6 +277,10 @@ impl Config {
         if self.same_site == SameSite::None && !always_secure {
             return Err(ConfigError::SameSiteNoneWithoutSecure);
         }
+        // `Auto` sends `None` on secure requests, which needs `Secure` there.
+        if self.same_site == SameSite::Auto && self.secure == Secure::Never {
+            return Err(ConfigError::SameSiteAutoWithoutSecure);
+        }
         let name = self.cookie_name.as_bytes();
         let prefixed = |prefix: &str| {
             name.get(..prefix.len())
@@ -239,6 +310,12 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// `SameSite::Auto` was asked for with `Secure::Never`.
+    #[error("SameSite::Auto sends SameSite=None on secure requests, which needs Secure: use `.with_secure(Secure::Auto)` or `Secure::Always`")]
+    SameSiteAutoWithoutSecure,
+    /// The id generator repeats itself or varies in too few bytes to carry 128 bits.
+    #[error("the session id generator is weak: {0}; draw 24 bytes from a CSPRNG (`getrandom`, `rand::rngs::OsRng`)")]
+    WeakIdGenerator(&'static str),
     /// The cookie name has characters a cookie name cannot have.
     #[error("invalid session cookie name {0:?}: use letters, digits and !#$%&'*+-.^_`|~")]
     CookieName(String),

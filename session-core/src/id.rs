@@ -26,13 +26,19 @@ impl SessionId {
     pub fn generate() -> Result<Self, getrandom::Error> {
         let mut raw = [0u8; ID_BYTES];
         getrandom::fill(&mut raw)?;
+        Ok(Self::from_bytes(raw))
+    }
+
+    /// The id made of these 24 bytes (from an app's own generator: see
+    /// [`with_id_generator`](crate::SessionLayer::with_id_generator)).
+    pub fn from_bytes(raw: [u8; ID_BYTES]) -> Self {
         let mut encoded = [0u8; ID_LEN];
         // 24 bytes always encode to exactly 32 characters.
         let written = URL_SAFE_NO_PAD
             .encode_slice(raw, &mut encoded)
             .unwrap_or_default();
         debug_assert_eq!(written, ID_LEN);
-        Ok(Self(encoded))
+        Self(encoded)
     }
 
     /// Parses an id as it appears in a cookie: 32 base64url characters.

@@ -15,10 +15,12 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::{
-    Config, ConfigError, LockConfig, SameSite, SaveErrors, Secure, DEFAULT_LOCK_LEASE,
+    Config, ConfigError, IdGenerator, LockConfig, Priority, SameSite, SaveErrors, Secure,
+    DEFAULT_LOCK_LEASE,
 };
 use crate::cookie::{Key, KeyRing};
 use crate::error::{log_failure, SessionError};
+use crate::events::{SessionEvent, SessionEvents, SessionMetrics};
 use crate::lifecycle::{CookieAction, RequestState};
 use crate::store::Store;
 use crate::transport::{self, Answer, Delivery, TokenHeader, Transport};
@@ -266,6 +268,41 @@ impl SessionLayer {
         })
     }
 
+    /// The cookie's `Priority` (`Low`, `Medium`, `High`; a Chromium extension that decides
+    /// which cookies a full cookie jar keeps). Default: none.
+    pub fn with_priority(self, priority: Priority) -> Self {
+        self.edit(|c| c.priority = Some(priority))
+    }
+
+    /// Draws new session ids from `generate` instead of the operating system's CSPRNG, e.g. to
+    /// use the app's own random source. It must return 24 bytes of which at least 128 bits are
+    /// random (an id's security is its unguessability); [`check`](Self::check) refuses a
+    /// generator that repeats an id or whose ids differ in fewer than 20 of their 24 bytes
+    /// positions in 32 draws, which catches counters, clocks and constants but cannot prove
+    /// randomness. Default: 24 bytes from `getrandom`.
+    pub fn with_id_generator(
+        self,
+        generate: impl Fn() -> [u8; 24] + Send + Sync + 'static,
+    ) -> Self {
+        let generate: IdGenerator = Arc::new(generate);
+        self.edit(|c| c.id_generator = Some(generate))
+    }
+
+    /// Reports every session event (created, loaded, saved with its fields, touched,
+    /// regenerated, destroyed, ended, expired on load, errors that were only logged) to
+    /// `events`: see [`events`](crate::events).
+    pub fn with_events(self, events: impl SessionEvents) -> Self {
+        let events: Arc<dyn SessionEvents> = Arc::new(events);
+        self.edit(|c| c.events = Some(events))
+    }
+
+    /// The counters of this layer (shared by its clones): sessions created, loaded, saved,
+    /// touched, regenerated, destroyed and ended, errors, and store call latency. Read them
+    /// from a handler, e.g. for a `/metrics` route: see [`events`](crate::events).
+    pub fn metrics(&self) -> SessionMetrics {
+        self.config.metrics.clone()
+    }
+
     /// Checks the options.
     ///
     /// # Errors
@@ -363,17 +400,20 @@ where
 /// Saves the session as the rules say and sends the token on the request's transport, or
 /// replaces the response with the error one.
 async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Response) -> Response {
-    let action = state.finish().await;
+    let action = {
+        use tracing::Instrument as _;
+        state.finish().instrument(state.span()).await
+    };
     let answer = Answer::for_request(&state.config, delivery, state.token_sent());
     // A `Secure` cookie on plain HTTP would be dropped by the browser: with a header
     // transport at hand the token goes there only.
     let cookie = answer.cookie && (!state.cookie_secure() || delivery.secure);
     match action {
         Ok(CookieAction::Keep) => {}
-        Ok(CookieAction::Set(id)) => {
+        Ok(CookieAction::Set(id, max_age)) => {
             let value = state.config.keys.sign(&id);
             if cookie {
-                append_cookie(&mut response, &state, &value, state.config.max_age);
+                append_cookie(&mut response, &state, &value, max_age);
             }
             if answer.header {
                 transport::append_token_header(&mut response, &state.config, &value);
@@ -389,7 +429,12 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
         }
         Err(error) => {
             log_failure(&error, "session could not be saved");
-            if state.config.save_errors == SaveErrors::Respond {
+            let respond = state.config.save_errors == SaveErrors::Respond;
+            state.emit(SessionEvent::Error {
+                error: &error,
+                logged_only: !respond,
+            });
+            if respond {
                 return error_response(&state.config, &error);
             }
         }
@@ -416,7 +461,13 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let config = &self.config;
-        let state = path_matches(request.uri().path(), &config.path).then(|| {
+        // The cookie path is matched against the path the browser asked for: under a nested
+        // router, `uri()` has lost the prefix the nesting stripped; axum keeps the original.
+        let path = match request.extensions().get::<axum::extract::OriginalUri>() {
+            Some(original) => original.path(),
+            None => request.uri().path(),
+        };
+        let state = path_matches(path, &config.path).then(|| {
             let delivery = Delivery::of(config, request.headers(), request.extensions());
             let state = Arc::new(RequestState::new(config.clone(), delivery.secure));
             request
@@ -456,6 +507,8 @@ fn append_cookie(
             SameSite::Strict => cookie::SameSite::Strict,
             SameSite::Lax => cookie::SameSite::Lax,
             SameSite::None => cookie::SameSite::None,
+            SameSite::Auto if state.cookie_secure() => cookie::SameSite::None,
+            SameSite::Auto => cookie::SameSite::Lax,
         });
     if let Some(domain) = &config.domain {
         cookie = cookie.domain(domain.as_str());
@@ -470,7 +523,16 @@ fn append_cookie(
         };
         cookie = cookie.max_age(age).expires(expires);
     }
-    match HeaderValue::try_from(cookie.build().to_string()) {
+    let mut rendered = cookie.build().to_string();
+    // The `cookie` crate does not know `Priority`.
+    if let Some(priority) = config.priority {
+        rendered.push_str(match priority {
+            Priority::Low => "; Priority=Low",
+            Priority::Medium => "; Priority=Medium",
+            Priority::High => "; Priority=High",
+        });
+    }
+    match HeaderValue::try_from(rendered) {
         Ok(header) => {
             response.headers_mut().append(SET_COOKIE, header);
         }

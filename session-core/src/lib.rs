@@ -76,6 +76,7 @@ pub mod conformance;
 mod cookie;
 mod data;
 mod error;
+pub mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -94,10 +95,11 @@ mod layer;
 #[cfg(feature = "axum")]
 pub mod transport;
 
-pub use crate::config::{ConfigError, SameSite, SaveErrors, Secure};
+pub use crate::config::{ConfigError, Priority, SameSite, SaveErrors, Secure};
 pub use crate::cookie::{Key, KeyError};
 pub use crate::data::SessionData;
 pub use crate::error::SessionError;
+pub use crate::events::{MetricsSnapshot, SessionEvent, SessionEvents, SessionMetrics, ShortId};
 #[cfg(feature = "axum")]
 pub use crate::extract::SessionRejection;
 pub use crate::id::{SessionId, StoreKey};

@@ -11,23 +11,35 @@
 //! |---|---|---|---|
 //! | new session, data unchanged | only with `save_uninitialized` | – | only with `save_uninitialized` |
 //! | new session, data changed | yes | – | yes |
-//! | existing session, unchanged | only with `resave` | yes, at most once per `touch_after` | with `rolling` |
-//! | existing session, changed | yes, changed fields only | – | with `rolling` or a `max_age` |
+//! | existing session, unchanged | only with `resave` | yes, at most once per `touch_after` (and whenever `Session::touch` asks) | with `rolling`, or when a cookie with a lifetime follows a touch or a resave |
+//! | existing session, changed | yes, changed fields only | – | with `rolling` or a cookie lifetime |
 //! | regenerated | new id stored, old id deleted | – | yes |
 //! | destroyed | record deleted | – | clearing cookie |
 //!
 //! A new session that cannot get its cookie (a `Secure` cookie on a plain-HTTP request) is
 //! not stored at all, so no orphan record is left behind.
+//!
+//! A cookie's lifetime is the session's own (`Session::set_cookie_max_age`, stored with it) or
+//! the layer's `max_age`; a session's own lifetime is also its idle timeout on the server.
+//! When the server extends a session whose cookie has a lifetime, the cookie goes out again, so
+//! the browser never drops a cookie whose session is still alive (express lets them drift).
+//!
+//! A session whose record is gone when the request writes or touches it (another request
+//! destroyed or regenerated it, or it expired) has ended: nothing is written, the response
+//! clears the cookie, and `Session::save`, `Session::touch` and `Session::reload` return
+//! [`SessionError::Ended`].
 
 use std::future::Future;
 use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
+use std::time::Duration;
 
 use crate::config::{Config, Secure};
 use crate::cookie::CookieLookup;
 use crate::data::SessionView;
 use crate::error::SessionError;
+use crate::events::{SessionEvent, ShortId};
 use crate::id::{SessionId, StoreKey};
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 use crate::store::{SessionLock, StoreError};
@@ -76,6 +88,15 @@ struct Inner {
     ended: bool,
     /// Data or id changed during this request (stays set after an early save).
     modified: bool,
+    /// The session's own cookie lifetime, if it has one (`Some(None)`: a browser-session
+    /// cookie), overriding the layer's `max_age`; stored with the session.
+    max_age: Option<Option<Duration>>,
+    /// The session's cookie lifetime changed during this request: the cookie is re-sent.
+    max_age_changed: bool,
+    /// The deadline was extended during this request (a touch).
+    touched: bool,
+    /// The id `regenerate()` drew, until it is stored.
+    next_id: Option<SessionId>,
     /// The session got a new id during this request (new or regenerated).
     id_issued: bool,
     /// The session was written during this request.
@@ -89,8 +110,9 @@ struct Inner {
 pub(crate) enum CookieAction {
     /// Nothing.
     Keep,
-    /// Send the signed cookie for this id.
-    Set(SessionId),
+    /// Send the signed cookie for this id, with this lifetime (`None`: until the browser
+    /// closes).
+    Set(SessionId, Option<Duration>),
     /// Send a cookie that deletes the session cookie.
     Clear,
 }
@@ -124,9 +146,19 @@ impl RequestState {
         self.config.uses_token_header() || !self.cookie_secure() || self.secure_request
     }
 
-    /// The deadline for a session created at `created`, as of `now`.
-    fn deadline(&self, created: Timestamp, now: Timestamp) -> Timestamp {
-        let idle = now.saturating_add(self.config.idle());
+    /// The cookie lifetime of the session: its own, or the layer's.
+    fn max_age(&self, inner: &Inner) -> Option<Duration> {
+        inner.max_age.unwrap_or(self.config.max_age)
+    }
+
+    /// The deadline for a session created at `created`, as of `now`: its own cookie lifetime
+    /// is its idle timeout, if it has one; the layer's otherwise.
+    fn deadline(&self, inner: &Inner, created: Timestamp, now: Timestamp) -> Timestamp {
+        let idle = match inner.max_age {
+            Some(Some(max_age)) => max_age,
+            _ => self.config.idle(),
+        };
+        let idle = now.saturating_add(idle);
         match self.config.absolute_timeout {
             Some(absolute) => idle.min(created.saturating_add(absolute)),
             None => idle,
@@ -145,7 +177,10 @@ impl RequestState {
 
     /// The store key of `id`, hashed once per request and id.
     fn store_key(&self, id: SessionId) -> StoreKey {
-        let mut inner = self.lock();
+        self.store_key_of(&mut self.lock(), id)
+    }
+
+    fn store_key_of(&self, inner: &mut Inner, id: SessionId) -> StoreKey {
         match inner.key_memo {
             Some((memo_id, key)) if memo_id == id => key,
             _ => {
@@ -156,23 +191,49 @@ impl RequestState {
         }
     }
 
+    /// Tells the metrics and the app's event hook, if it has one.
+    pub(crate) fn emit(&self, event: SessionEvent<'_>) {
+        self.config.metrics.count(&event);
+        if let Some(events) = &self.config.events {
+            events.on_event(&event);
+        }
+    }
+
+    /// A span that names the session by its short id, for the layer's work on it.
+    pub(crate) fn span(&self) -> tracing::Span {
+        let inner = self.lock();
+        match (inner.id, inner.lookup.id) {
+            (Some(id), _) | (None, Some(id)) => {
+                tracing::info_span!("session", session = %ShortId::of(&id.store_key()))
+            }
+            (None, None) => tracing::info_span!("session", session = "new"),
+        }
+    }
+
     /// Runs a store call under the configured timeout. A call that answers at once (an
     /// in-process store) never sets up a timer.
     async fn call<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let Some(limit) = self.config.store_timeout else {
-            return call.await;
+        let started = std::time::Instant::now();
+        let result = match self.config.store_timeout {
+            None => call.await,
+            Some(limit) => {
+                let mut call = std::pin::pin!(call);
+                let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+                match first {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => tokio::time::timeout(limit, call)
+                        .await
+                        .unwrap_or(Err(StoreError::Timeout)),
+                }
+            }
         };
-        let mut call = std::pin::pin!(call);
-        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-        match first {
-            Poll::Ready(result) => result,
-            Poll::Pending => tokio::time::timeout(limit, call)
-                .await
-                .unwrap_or(Err(StoreError::Timeout)),
-        }
+        self.config
+            .metrics
+            .store_call(started.elapsed(), result.is_err());
+        result
     }
 
     /// Finds the session token (`find` looks on the request's transport) and reads its
@@ -200,6 +261,12 @@ impl RequestState {
                 }
             }
         };
+        let span = tracing::info_span!("session", session = %ShortId::of(&self.store_key(id)));
+        tracing::Instrument::instrument(self.load_id(id), span).await
+    }
+
+    /// Loads the session of the cookie's `id` (after taking its lock, if locks are on).
+    async fn load_id(&self, id: SessionId) -> Result<(), SessionError> {
         if let Some(lock) = self.config.lock {
             let held = self
                 .call(
@@ -227,7 +294,16 @@ impl RequestState {
             inner.loaded = true;
             inner.existed = record.is_some();
             inner.id = record.as_ref().map(|_| id);
+            inner.max_age = record.as_ref().and_then(stored_max_age);
+            let event = match &record {
+                Some(_) => SessionEvent::Loaded {
+                    session: ShortId::of(&self.store_key_of(&mut inner, id)),
+                },
+                None => SessionEvent::ExpiredOnLoad,
+            };
             inner.record = record;
+            drop(inner);
+            self.emit(event);
         }
         Ok(())
     }
@@ -260,15 +336,24 @@ impl RequestState {
         self.lock().lookup.present
     }
 
+    /// The stored id, or after `regenerate()` the id the session will be stored under.
     pub(crate) fn id(&self) -> Option<SessionId> {
         let inner = self.lock();
-        inner.record.as_ref().and(inner.id)
+        match inner.next_id {
+            Some(next) if inner.regenerate => Some(next),
+            _ => inner.record.as_ref().and(inner.id),
+        }
     }
 
     pub(crate) fn regenerate(&self) {
         let mut inner = self.lock();
         inner.regenerate = true;
         inner.modified = true;
+        if inner.next_id.is_none() {
+            // Drawn now so `id()` tells the new id at once; should the store report it taken
+            // (astronomically unlikely) the write draws another.
+            inner.next_id = self.config.new_id().ok();
+        }
     }
 
     pub(crate) fn clear<V: SessionView>(&self) -> V {
@@ -276,7 +361,37 @@ impl RequestState {
         inner.pending.clear();
         inner.replace = true;
         inner.modified = true;
+        // The cookie lifetime is not data: it survives the clear.
+        if let Some(max_age) = inner.max_age {
+            inner
+                .pending
+                .insert(Arc::from(MAX_AGE_FIELD), encode_max_age(max_age));
+        }
         V::fresh()
+    }
+
+    /// The session's cookie lifetime: its own, or the layer's.
+    pub(crate) fn cookie_max_age(&self) -> Option<Duration> {
+        self.max_age(&self.lock())
+    }
+
+    /// Gives the session a cookie lifetime of its own, kept with it in the store.
+    pub(crate) fn set_cookie_max_age(&self, max_age: Option<Duration>) {
+        let mut inner = self.lock();
+        if inner.max_age == Some(max_age) {
+            return;
+        }
+        inner.max_age = Some(max_age);
+        inner.max_age_changed = true;
+        inner.modified = true;
+        inner
+            .pending
+            .insert(Arc::from(MAX_AGE_FIELD), encode_max_age(max_age));
+    }
+
+    /// Extends the stored session's deadline now, whatever `touch_after` says.
+    pub(crate) async fn touch_now(&self) -> Result<(), SessionError> {
+        self.touch(true).await
     }
 
     pub(crate) fn destroy(&self) {
@@ -297,10 +412,13 @@ impl RequestState {
                 .call(self.config.store.load(&self.store_key(id)))
                 .await?;
             match record.filter(|r| self.is_live(r, Timestamp::now())) {
-                Some(record) => self.lock().record = Some(record),
+                Some(record) => {
+                    let mut inner = self.lock();
+                    inner.max_age = stored_max_age(&record);
+                    inner.record = Some(record);
+                }
                 None => {
-                    self.lock().end();
-                    return Err(SessionError::Ended);
+                    return Err(self.end());
                 }
             }
         }
@@ -348,8 +466,11 @@ impl RequestState {
         };
         if destroy {
             if let (Some(id), true) = (id, stored) {
-                self.call(self.config.store.delete(&self.store_key(id)))
-                    .await?;
+                let key = self.store_key(id);
+                self.call(self.config.store.delete(&key)).await?;
+                self.emit(SessionEvent::Destroyed {
+                    session: ShortId::of(&key),
+                });
             }
             let mut inner = self.lock();
             inner.record = None;
@@ -361,11 +482,17 @@ impl RequestState {
             Err(SessionError::Ended) => return Ok(self.ended()),
             Err(error) => return Err(error),
         }
-        match self.touch().await {
+        match self.touch(false).await {
             Ok(()) => {}
             Err(SessionError::Ended) => return Ok(self.ended()),
             // A failed keep-alive costs the session some lifetime, not the request its answer.
-            Err(error) => tracing::warn!(%error, "could not extend the session's deadline"),
+            Err(error) => {
+                tracing::warn!(%error, "could not extend the session's deadline");
+                self.emit(SessionEvent::Error {
+                    error: &error,
+                    logged_only: true,
+                });
+            }
         }
 
         let inner = self.lock();
@@ -379,17 +506,22 @@ impl RequestState {
             });
         };
         let fresh = !inner.existed || inner.id_issued;
+        let max_age = self.max_age(&inner);
         let send = if fresh {
             // A fresh session exists in the store only if `save_uninitialized` or a change
             // put it there.
             true
         } else {
             self.config.rolling
-                || (self.config.max_age.is_some() && inner.modified)
                 || inner.lookup.old_key
+                || inner.max_age_changed
+                // A cookie with a lifetime follows the server's deadline: when the session
+                // was written or touched (at most once per `touch_after`), so the browser
+                // never drops a cookie whose session is still alive.
+                || (max_age.is_some() && (inner.modified || inner.saved || inner.touched))
         };
         Ok(if send && self.can_set_cookie() {
-            CookieAction::Set(id)
+            CookieAction::Set(id, max_age)
         } else {
             CookieAction::Keep
         })
@@ -402,6 +534,18 @@ impl RequestState {
     fn ended(&self) -> CookieAction {
         tracing::info!("the session ended while this request used it (logged out or regenerated elsewhere, or expired); its changes are dropped");
         self.clearing_cookie(&self.lock())
+    }
+
+    /// Forgets a session whose record turned out to be gone, and says so: the error to return.
+    fn end(&self) -> SessionError {
+        let session = {
+            let mut inner = self.lock();
+            let session = inner.key_memo.map(|(_, key)| ShortId::of(&key));
+            inner.end();
+            session
+        };
+        self.emit(SessionEvent::Ended { session });
+        SessionError::Ended
     }
 
     /// A cookie that removes the session cookie, if the browser has one and would take it.
@@ -431,7 +575,8 @@ impl RequestState {
             } else if !stored {
                 (explicit || config.save_uninitialized || modified) && self.can_set_cookie()
             } else {
-                data_changed || (config.resave && !inner.saved && !explicit)
+                // An explicit save writes now what `resave` would write at the end.
+                data_changed || (config.resave && !inner.saved)
             };
             inner.modified = modified;
             if !needed {
@@ -445,7 +590,7 @@ impl RequestState {
             let write = Record {
                 fields: mem::take(&mut inner.pending),
                 created_at: created,
-                expires_at: self.deadline(created, now),
+                expires_at: self.deadline(&inner, created, now),
             };
             let stored_id = inner.record.as_ref().and(inner.id);
             let (write, size) = match (inner.record.as_ref(), stored_id) {
@@ -491,9 +636,10 @@ impl RequestState {
             (write, stored_id)
         };
 
-        let new_id = match &write {
+        let (new_id, written_id) = match &write {
             Write::Create(whole) => {
-                let id = self.create(whole).await?;
+                let next = self.lock().next_id.take();
+                let id = self.create(whole, next).await?;
                 if let Some(old) = old_id {
                     if let Err(error) = self.call(config.store.delete(&self.store_key(old))).await {
                         // The old id must die with the regeneration; since it cannot, take the
@@ -504,7 +650,7 @@ impl RequestState {
                         return Err(error.into());
                     }
                 }
-                Some(id)
+                (Some(id), id)
             }
             Write::Replace(id, record) | Write::Merge(id, record) => {
                 let mode = match write {
@@ -516,12 +662,29 @@ impl RequestState {
                     .await?;
                 if !saved {
                     // Only `create` creates: the record is gone, so is the session.
-                    self.lock().end();
-                    return Err(SessionError::Ended);
+                    return Err(self.end());
                 }
-                None
+                (None, *id)
             }
         };
+        let session = ShortId::of(&self.store_key(written_id));
+        self.emit(match (&write, old_id) {
+            (Write::Create(whole), None) => SessionEvent::Created {
+                session,
+                fields: &whole.fields,
+            },
+            (Write::Create(_), Some(_)) => SessionEvent::Regenerated { session },
+            (Write::Replace(_, record), _) => SessionEvent::Saved {
+                session,
+                fields: &record.fields,
+                whole: true,
+            },
+            (Write::Merge(_, record), _) => SessionEvent::Saved {
+                session,
+                fields: &record.fields,
+                whole: false,
+            },
+        });
 
         let mut inner = self.lock();
         if let Some(id) = new_id {
@@ -542,11 +705,18 @@ impl RequestState {
         Ok(())
     }
 
-    /// Stores `record` under a fresh id, trying again on the (astronomically unlikely)
-    /// collision.
-    async fn create(&self, record: &Record) -> Result<SessionId, SessionError> {
+    /// Stores `record` under a fresh id (`first`, if one was drawn already), trying again on
+    /// the (astronomically unlikely) collision.
+    async fn create(
+        &self,
+        record: &Record,
+        mut first: Option<SessionId>,
+    ) -> Result<SessionId, SessionError> {
         for _ in 0..CREATE_ATTEMPTS {
-            let id = SessionId::generate().map_err(|e| SessionError::Random(e.to_string()))?;
+            let id = match first.take() {
+                Some(id) => id,
+                None => self.config.new_id()?,
+            };
             if self
                 .call(self.config.store.create(&id.store_key(), record))
                 .await?
@@ -558,9 +728,9 @@ impl RequestState {
         Err(SessionError::IdCollision)
     }
 
-    /// Extends an unchanged existing session's deadline, at most once per `touch_after`.
-    /// [`SessionError::Ended`] when the record is gone.
-    async fn touch(&self) -> Result<(), SessionError> {
+    /// Extends an unchanged existing session's deadline, at most once per `touch_after`
+    /// unless `forced` (the app asked). [`SessionError::Ended`] when the record is gone.
+    async fn touch(&self, forced: bool) -> Result<(), SessionError> {
         let now = Timestamp::now();
         let (id, deadline) = {
             let inner = self.lock();
@@ -568,13 +738,14 @@ impl RequestState {
                 return Ok(());
             };
             let Some(id) = inner.id else { return Ok(()) };
-            if inner.saved || !inner.existed || inner.id_issued {
+            if !forced && (inner.saved || !inner.existed || inner.id_issued) {
                 return Ok(());
             }
-            let deadline = self.deadline(record.created_at, now);
+            let deadline = self.deadline(&inner, record.created_at, now);
             // With `touch_after` zero every request touches, as express does.
-            if deadline < record.expires_at
-                || deadline.saturating_since(record.expires_at) < self.config.touch_after
+            if !forced
+                && (deadline < record.expires_at
+                    || deadline.saturating_since(record.expires_at) < self.config.touch_after)
             {
                 return Ok(());
             }
@@ -583,15 +754,40 @@ impl RequestState {
         let touched = self
             .call(self.config.store.touch(&self.store_key(id), deadline))
             .await?;
-        let mut inner = self.lock();
         if !touched {
-            inner.end();
-            return Err(SessionError::Ended);
+            return Err(self.end());
         }
+        let mut inner = self.lock();
         if let Some(record) = inner.record.as_mut() {
             record.expires_at = deadline;
         }
+        inner.touched = true;
+        let session = ShortId::of(&self.store_key_of(&mut inner, id));
+        drop(inner);
+        self.emit(SessionEvent::Touched { session });
         Ok(())
+    }
+}
+
+/// The reserved stored key of a session's own cookie lifetime. No derived struct can store a
+/// field under it (the derive refuses keys starting with `session-core:`).
+pub(crate) const MAX_AGE_FIELD: &str = "session-core:cookie_max_age";
+
+/// A cookie lifetime as stored: whole seconds, or `null` for a browser-session cookie.
+fn encode_max_age(max_age: Option<Duration>) -> Arc<str> {
+    match max_age {
+        Some(max_age) => Arc::from(max_age.as_secs().to_string()),
+        None => Arc::from("null"),
+    }
+}
+
+/// The cookie lifetime a record carries, if it has one of its own. An unreadable value is
+/// ignored (the layer's lifetime applies).
+fn stored_max_age(record: &Record) -> Option<Option<Duration>> {
+    let value = record.fields.get(MAX_AGE_FIELD)?;
+    match &**value {
+        "null" => Some(None),
+        seconds => seconds.parse().ok().map(|s| Some(Duration::from_secs(s))),
     }
 }
 
@@ -628,6 +824,9 @@ impl Inner {
         self.pending.clear();
         self.replace = false;
         self.regenerate = false;
+        self.next_id = None;
+        self.max_age = None;
+        self.max_age_changed = false;
     }
 
     fn view<V: SessionView>(&self) -> V {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::data::{SessionData, SessionView};
 use crate::error::SessionError;
@@ -52,7 +53,9 @@ impl<T: SessionData> Session<T> {
         self.view.data()
     }
 
-    /// The session's id, if it is stored; `None` for a new session not saved yet.
+    /// The session's id, if it is stored; `None` for a new session not saved yet. After
+    /// [`regenerate`](Self::regenerate), the new id, at once (it is stored at the end of the
+    /// request, or by [`save`](Self::save)).
     pub fn id(&self) -> Option<SessionId> {
         self.state.id()
     }
@@ -74,6 +77,51 @@ impl<T: SessionData> Session<T> {
     /// that removes it from the browser. Changes made in the same request are discarded.
     pub fn destroy(&mut self) {
         self.state.destroy();
+    }
+
+    /// The lifetime of this session's cookie: its own if
+    /// [`set_cookie_max_age`](Self::set_cookie_max_age) gave it one, else the layer's
+    /// `max_age`. `None`: a browser-session cookie.
+    pub fn cookie_max_age(&self) -> Option<Duration> {
+        self.state.cookie_max_age()
+    }
+
+    /// Gives this session a cookie lifetime of its own, e.g. 30 days when a "remember me" box
+    /// is ticked, or `None` for a cookie that ends with the browser session. It is stored with
+    /// the session, so later requests keep it; the session's server-side idle timeout follows
+    /// it (a `Some` lifetime is also its idle timeout; `None` keeps the layer's); the cookie is
+    /// sent again with the new lifetime at the end of this request. The layer's absolute
+    /// timeout still applies. The layer's [`with_max_age`](crate::SessionLayer::with_max_age)
+    /// stays the default of every other session.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use session_core::Session;
+    /// # #[derive(Session)] struct Auth { user: Option<String> }
+    /// async fn login(mut auth: Session<Auth>, remember: bool) {
+    ///     auth.regenerate();
+    ///     auth.set_user(Some("ada".into()));
+    ///     if remember {
+    ///         auth.set_cookie_max_age(Some(Duration::from_secs(30 * 24 * 60 * 60)));
+    ///     }
+    /// }
+    /// ```
+    pub fn set_cookie_max_age(&mut self, max_age: Option<Duration>) {
+        self.state.set_cookie_max_age(max_age);
+    }
+
+    /// Extends the session's deadline now, by its idle timeout from now, even if
+    /// `touch_after` would not yet (express's `req.session.touch()`); a cookie with a
+    /// lifetime is sent again. Does nothing for a new session not stored yet.
+    ///
+    /// # Errors
+    /// [`SessionError::Ended`] when the stored session is gone; the store's error, if it fails.
+    pub async fn touch(&mut self) -> Result<(), SessionError> {
+        let result = self.state.touch_now().await;
+        if let Err(SessionError::Ended) = result {
+            self.view = T::View::fresh();
+        }
+        result
     }
 
     /// Discards unsaved changes and reads the session again from the store.

@@ -19,6 +19,8 @@ const RESERVED: &[(&str, &str)] = &[
     ("destroy", "`Session::destroy`"),
     ("reload", "`Session::reload`"),
     ("save", "`Session::save`"),
+    ("touch", "`Session::touch`"),
+    ("cookie_max_age", "`Session::cookie_max_age`"),
     ("drop", "`Drop::drop`"),
     ("into", "`Into::into`"),
     ("try_into", "`TryInto::try_into`"),
@@ -30,6 +32,7 @@ pub(crate) fn check(input: &Input, errors: &mut Vec<Error>) {
         no_empty_rename(fields, errors);
         unique_keys(fields, errors);
         no_reserved_names(input.ident(), fields, errors);
+        no_reserved_keys(fields, errors);
         unique_accessors(fields, errors);
     }
 }
@@ -94,6 +97,25 @@ fn no_reserved_names(struct_ident: &Ident, fields: &[Field], errors: &mut Vec<Er
                     "field name `{name}` is reserved: {owner} would hide its getter on `Session<{}>`; rename the Rust field and keep its stored key with `#[session(rename = \"{}\")]`",
                     struct_ident,
                     field.key()
+                ),
+            ));
+        }
+    }
+}
+
+/// Stored keys the runtime keeps its own data under (a session's cookie lifetime).
+const RESERVED_KEY_PREFIX: &str = "session-core:";
+
+// The runtime stores its own data beside the fields; a field under one of its keys would
+// overwrite it.
+fn no_reserved_keys(fields: &[Field], errors: &mut Vec<Error>) {
+    for field in fields {
+        let key = field.key();
+        if key.starts_with(RESERVED_KEY_PREFIX) {
+            errors.push(Error::new(
+                field.key_span(),
+                format!(
+                    "the stored key `{key}` is reserved: keys starting with `{RESERVED_KEY_PREFIX}` hold the session's own settings; choose another with `#[session(rename = \"...\")]`"
                 ),
             ));
         }
