@@ -71,7 +71,7 @@ impl std::fmt::Debug for SessionLock {
 
 /// Tries to take a lock kept in a remote store until `wait` runs out, pausing 2 ms, 4 ms, …
 /// up to 25 ms between tries. `attempt` makes one try: `Some` lock when it got it.
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "mongodb"))]
 pub(crate) async fn retry_lock<F, Fut>(
     wait: Duration,
     mut attempt: F,
