@@ -267,7 +267,8 @@ pub mod sql;
     feature = "postgres",
     feature = "mysql",
     feature = "redis",
-    feature = "memcached"
+    feature = "memcached",
+    feature = "mongodb"
 ))]
 pub mod stores;
 pub mod visit;
