@@ -8,7 +8,7 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use common::Client;
+use common::{restart, Client};
 use mongodb::bson::doc;
 use session_core::store::MongoStore;
 use typed_sessions::counter;
@@ -47,22 +47,14 @@ async fn visit_count_and_cart_continue_after_a_restart() {
     let Some((mut before, store)) = start(&collection).await else {
         return;
     };
-    for n in 1..=3 {
-        assert_eq!(before.get("/").await.body, format!("You visited {n} times"));
-    }
-    assert_eq!(before.post("/cart", "item=tea").await.status, 303);
-    let cookie = before.cookie.clone().expect("the app set a session cookie");
+    let cookie = restart::visit_three_times_and_add_tea(&mut before).await;
     assert_eq!(documents(&store).await, 1);
     // Shut down: the app and every handle on the store (and its connection pool) go.
     drop(before);
     drop(store);
 
     let (mut after, store) = start(&collection).await.unwrap();
-    after.cookie = Some(cookie);
-    assert_eq!(after.get("/peek").await.body, "views: 3");
-    assert_eq!(after.get("/").await.body, "You visited 4 times");
-    assert_eq!(after.get("/").await.body, "You visited 5 times");
-    assert_eq!(after.get("/cart").await.body, "tea\n");
+    restart::assert_visits_carry_on(&mut after, cookie).await;
     assert_eq!(
         documents(&store).await,
         1,
@@ -80,17 +72,11 @@ async fn a_logged_out_session_stays_gone_after_a_restart() {
         return;
     };
     let mut before = Client::new(counter::app(store, common::key()));
-    before.get("/").await;
-    assert_eq!(before.post("/login", "name=ada").await.status, 303);
-    assert_eq!(before.get("/me").await.body, "user: ada");
-    let logged_in = before.cookie.clone().expect("the app set a session cookie");
-    assert_eq!(before.post("/logout", "").await.status, 303);
+    let logged_in = restart::log_in_and_out(&mut before).await;
     drop(before);
 
     // Replaying the old cookie after the restart finds nothing.
     let opened = counter::store_from_spec(&url).await.unwrap();
     let mut after = Client::new(counter::app(opened, common::key()));
-    after.cookie = Some(logged_in);
-    assert_eq!(after.get("/me").await.body, "user: none");
-    assert_eq!(after.get("/peek").await.body, "views: 0");
+    restart::assert_logged_out(&mut after, logged_in).await;
 }

@@ -13,9 +13,9 @@ use ::mongodb::{Client, Collection, Database, IndexModel};
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use super::lock::retry_lock;
+use super::lock::{lock_token, retry_lock};
 use super::{Release, SessionLock, Store, StoreError};
-use crate::id::{SessionId, StoreKey};
+use crate::id::StoreKey;
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 
 /// The database used when the URL names none.
@@ -278,14 +278,9 @@ impl Store for MongoStore {
             CREATED_AT: to_bson(record.created_at),
             EXPIRES_AT: to_bson(record.expires_at),
         };
-        let replace = self.sessions.replace_one(filter, document).upsert(true);
-        self.call(async {
-            match replace.await {
-                Ok(_) => Ok(true),
-                Err(error) if is_duplicate_key(&error) => Ok(false),
-                Err(error) => Err(error),
-            }
-        })
+        self.call(unless_duplicate(
+            self.sessions.replace_one(filter, document).upsert(true),
+        ))
         .await
     }
 
@@ -334,9 +329,7 @@ impl Store for MongoStore {
         lease: Duration,
         wait: Duration,
     ) -> Result<Option<SessionLock>, StoreError> {
-        let token = SessionId::generate()
-            .map_err(|e| StoreError::backend(format!("no randomness for a lock token: {e}")))?;
-        let token = token.as_str().to_owned();
+        let token = lock_token()?;
         retry_lock(wait, || async {
             let now = Timestamp::now();
             let filter = doc! { ID: key.as_str(), EXPIRES_AT: { "$lte": to_bson(now) } };
@@ -344,15 +337,10 @@ impl Store for MongoStore {
                 TOKEN: &token,
                 EXPIRES_AT: to_bson(now.saturating_add(lease)),
             } };
-            let take = self.locks.update_one(filter, update).upsert(true);
             let taken = self
-                .call(async {
-                    match take.await {
-                        Ok(_) => Ok(true),
-                        Err(error) if is_duplicate_key(&error) => Ok(false),
-                        Err(error) => Err(error),
-                    }
-                })
+                .call(unless_duplicate(
+                    self.locks.update_one(filter, update).upsert(true),
+                ))
                 .await?;
             Ok(taken.then(|| {
                 SessionLock::new(MongoUnlock {
@@ -395,6 +383,18 @@ fn to_bson(time: Timestamp) -> DateTime {
 /// epoch, which is in the past.
 fn from_bson(time: DateTime) -> Timestamp {
     Timestamp::from_millis(u64::try_from(time.timestamp_millis()).unwrap_or(0))
+}
+
+/// Runs an upsert that may only insert: `true` if it wrote, `false` if the insert broke the
+/// unique `_id` because a live document holds the key.
+async fn unless_duplicate<T>(
+    upsert: impl IntoFuture<Output = Result<T, MongoError>>,
+) -> Result<bool, MongoError> {
+    match upsert.await {
+        Ok(_) => Ok(true),
+        Err(error) if is_duplicate_key(&error) => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 fn is_duplicate_key(error: &MongoError) -> bool {
@@ -542,7 +542,7 @@ mod tests {
 
     #[test]
     fn documents_parse_into_records() {
-        let key = SessionId::generate().unwrap().store_key();
+        let key = crate::id::SessionId::generate().unwrap().store_key();
         let document = doc! {
             ID: key.as_str(),
             FIELDS: { "views": "3", "a%2Eb": "[]", "number": 4, "bad.key": "x" },
@@ -558,7 +558,7 @@ mod tests {
 
     #[test]
     fn documents_without_times_or_fields_are_corrupt() {
-        let key = SessionId::generate().unwrap().store_key();
+        let key = crate::id::SessionId::generate().unwrap().store_key();
         for document in [
             doc! { FIELDS: {}, EXPIRES_AT: DateTime::from_millis(5_000) },
             doc! { FIELDS: {}, CREATED_AT: DateTime::from_millis(1), EXPIRES_AT: 5_000_i64 },
