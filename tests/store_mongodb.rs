@@ -134,20 +134,49 @@ async fn field_names_with_dots_or_dollars_address_only_themselves() {
     assert_eq!(loaded.fields, hostile.fields);
 }
 
+/// How long after its `expires_at` the TTL index of `collection` lets a document live.
+async fn ttl_of(collection: &mongodb::Collection<Document>) -> Option<Duration> {
+    let mut cursor = collection.list_indexes().await.unwrap();
+    while cursor.advance().await.unwrap() {
+        let index = cursor.deserialize_current().unwrap();
+        if index.keys == doc! { "expires_at": 1 } {
+            return index.options.and_then(|options| options.expire_after);
+        }
+    }
+    None
+}
+
 #[tokio::test]
 async fn the_deadline_has_a_ttl_index() {
     let Some(store) = store().await else { return };
-    let mut cursor = store.collection().list_indexes().await.unwrap();
-    let mut indexes = Vec::new();
-    while cursor.advance().await.unwrap() {
-        indexes.push(cursor.deserialize_current().unwrap());
-    }
-    let ttl = indexes
-        .iter()
-        .find(|index| index.keys == doc! { "expires_at": 1 })
-        .unwrap_or_else(|| panic!("no index on expires_at: {indexes:?}"));
-    let options = ttl.options.as_ref().expect("index options");
-    assert_eq!(options.expire_after, Some(Duration::ZERO));
+    assert_eq!(ttl_of(store.collection()).await, Some(Duration::ZERO));
+}
+
+#[tokio::test]
+async fn a_collection_of_its_own_gets_its_indexes_on_first_use() {
+    let Some(store) = store().await else { return };
+    let name = format!("sessions_own_{}", std::process::id());
+    let store = store.with_collection(&name);
+    let key = key();
+    assert!(store
+        .create(&key, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap());
+    let lock = store.lock(&key, MINUTE, MINUTE).await.unwrap().unwrap();
+    lock.release().await.unwrap();
+
+    let database = store.collection().namespace().db;
+    assert_eq!(store.collection().name(), name);
+    assert_eq!(ttl_of(store.collection()).await, Some(Duration::ZERO));
+    let client = store.collection().client().clone();
+    let locks = client
+        .database(&database)
+        .collection::<Document>(&format!("{name}_locks"));
+    // Lock documents stay an hour past their lease, so no clock skew lets the TTL monitor
+    // remove a lease its holder still counts on.
+    assert_eq!(ttl_of(&locks).await, Some(Duration::from_secs(3600)));
+    store.collection().drop().await.unwrap();
+    locks.drop().await.unwrap();
 }
 
 #[tokio::test]
