@@ -69,8 +69,9 @@ impl std::fmt::Debug for SessionLock {
     }
 }
 
-/// A random token naming one holder of a lease lock, so that only it can release the lease.
-#[cfg(any(feature = "redis", feature = "mongodb"))]
+/// A random token naming one holder of a lease lock, so a holder whose lease ran out cannot
+/// free the lock its successor holds.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "mongodb"))]
 pub(crate) fn lock_token() -> Result<String, StoreError> {
     crate::id::SessionId::generate()
         .map(|id| id.as_str().to_owned())
