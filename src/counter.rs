@@ -108,6 +108,9 @@ pub fn trusted_proxies_from_spec(spec: &str) -> Vec<String> {
 /// | `sqlite:PATH` | SQLite database file `PATH` |
 /// | `postgres://...` | PostgreSQL |
 /// | `mysql://...` | MySQL or MariaDB |
+/// | `redis://...`, `redis+cluster://...` | Redis, Redis Cluster |
+/// | `memcache://...` | Memcached |
+/// | `mongodb://...` | MongoDB (the database named in the URL) |
 ///
 /// # Errors
 /// A message naming the accepted forms when `spec` names no known store, or the store's
@@ -153,6 +156,10 @@ async fn open_store(spec: &str) -> Result<Arc<dyn Store>, String> {
             spec,
             session_core::store::MemcachedStore::connect(spec).await,
         ),
+        #[cfg(feature = "mongodb")]
+        _ if spec.starts_with("mongodb://") => {
+            opened(spec, session_core::store::MongoStore::connect(spec).await)
+        }
         other => Err(format!(
             "unknown SESSION_STORE {other:?}; this build knows: {}",
             KNOWN_STORES.join(", ")
@@ -168,7 +175,8 @@ async fn open_store(spec: &str) -> Result<Arc<dyn Store>, String> {
         feature = "postgres",
         feature = "mysql",
         feature = "redis",
-        feature = "memcached"
+        feature = "memcached",
+        feature = "mongodb"
     )),
     allow(dead_code)
 )]
@@ -226,6 +234,8 @@ pub const KNOWN_STORES: &[&str] = &[
     "redis+cluster://HOST:PORT,HOST:PORT,...",
     #[cfg(feature = "memcached")]
     "memcache://HOST:PORT",
+    #[cfg(feature = "mongodb")]
+    "mongodb://HOST:PORT/DB",
 ];
 
 /// Puts an in-process cache in front of `store` when `SESSION_CACHE` asks for one.

@@ -1,13 +1,15 @@
 //! Concurrent requests on one session against every store: 100 requests changing 100
-//! different fields lose nothing; with the per-session lock (memory, Redis, PostgreSQL),
-//! 100 concurrent appends to one field leave exactly 100 items.
+//! different fields lose nothing; with the per-session lock (memory, Redis, PostgreSQL,
+//! MongoDB), 100 concurrent appends to one field leave exactly 100 items (25 on MongoDB's test
+//! server).
 #![cfg(all(
     feature = "file",
     feature = "sqlite",
     feature = "postgres",
     feature = "mysql",
     feature = "redis",
-    feature = "memcached"
+    feature = "memcached",
+    feature = "mongodb"
 ))]
 
 mod common;
@@ -38,24 +40,29 @@ different_fields! {
     different_fields_redis => stores::redis(),
     different_fields_redis_cluster => stores::redis_cluster(),
     different_fields_memcached => stores::memcached(),
+    different_fields_mongodb => stores::mongodb(),
 }
 
 macro_rules! locked_appends {
-    ($($name:ident => $store:expr,)*) => {$(
+    ($($name:ident => $store:expr, $appends:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             if let Some(store) = $store.await {
                 let app = cart_app(store, Some(Duration::from_secs(20)));
                 let cookie = session_with_one_item(&app).await;
-                assert_eq!(concurrent_appends(&app, &cookie, 100).await, 101);
+                assert_eq!(concurrent_appends(&app, &cookie, $appends).await, $appends + 1);
             }
         }
     )*};
 }
 
 locked_appends! {
-    locked_appends_memory => stores::memory(),
-    locked_appends_redis => stores::redis(),
-    locked_appends_redis_cluster => stores::redis_cluster(),
-    locked_appends_postgres => stores::postgres(),
+    locked_appends_memory => stores::memory(), 100;
+    locked_appends_redis => stores::redis(), 100;
+    locked_appends_redis_cluster => stores::redis_cluster(), 100;
+    locked_appends_postgres => stores::postgres(), 100;
+    // 25, not 100: the test server (SecantusDB, in Python) answers in about 4 ms, and with 100
+    // requests polling one lease the holder's own calls queue behind the polls past the
+    // layer's 10 s store timeout. What is checked is the same: no append is lost.
+    locked_appends_mongodb => stores::mongodb(), 25;
 }

@@ -10,7 +10,8 @@
     feature = "postgres",
     feature = "mysql",
     feature = "redis",
-    feature = "memcached"
+    feature = "memcached",
+    feature = "mongodb"
 ))]
 
 mod common;
@@ -287,5 +288,6 @@ on_every_store! {
     redis => stores::redis(),
     redis_cluster => stores::redis_cluster(),
     memcached => stores::memcached(),
+    mongodb => stores::mongodb(),
     cached_redis => stores::cached_redis(),
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::Client;
+use common::{restart, Client};
 use session_core::store::FileStore;
 use typed_sessions::counter;
 
@@ -33,21 +33,13 @@ async fn visit_count_and_cart_continue_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
 
     let mut before = start(dir.path()).await;
-    for n in 1..=3 {
-        assert_eq!(before.get("/").await.body, format!("You visited {n} times"));
-    }
-    assert_eq!(before.post("/cart", "item=tea").await.status, 303);
-    let cookie = before.cookie.clone().expect("the app set a session cookie");
+    let cookie = restart::visit_three_times_and_add_tea(&mut before).await;
     // Dropping the client drops the app, its layer and the only handle on the store.
     drop(before);
     assert_eq!(session_files(dir.path()), 1);
 
     let mut after = start(dir.path()).await;
-    after.cookie = Some(cookie);
-    assert_eq!(after.get("/peek").await.body, "views: 3");
-    assert_eq!(after.get("/").await.body, "You visited 4 times");
-    assert_eq!(after.get("/").await.body, "You visited 5 times");
-    assert_eq!(after.get("/cart").await.body, "tea\n");
+    restart::assert_visits_carry_on(&mut after, cookie).await;
     assert_eq!(session_files(dir.path()), 1);
 }
 
@@ -56,11 +48,7 @@ async fn a_logged_out_session_stays_gone_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
 
     let mut before = start(dir.path()).await;
-    before.get("/").await;
-    assert_eq!(before.post("/login", "name=ada").await.status, 303);
-    assert_eq!(before.get("/me").await.body, "user: ada");
-    let logged_in = before.cookie.clone().expect("the app set a session cookie");
-    assert_eq!(before.post("/logout", "").await.status, 303);
+    let logged_in = restart::log_in_and_out(&mut before).await;
     drop(before);
     assert_eq!(
         session_files(dir.path()),
@@ -70,7 +58,5 @@ async fn a_logged_out_session_stays_gone_after_a_restart() {
 
     // Replaying the old cookie after the restart finds nothing.
     let mut after = start(dir.path()).await;
-    after.cookie = Some(logged_in);
-    assert_eq!(after.get("/me").await.body, "user: none");
-    assert_eq!(after.get("/peek").await.body, "views: 0");
+    restart::assert_logged_out(&mut after, logged_in).await;
 }

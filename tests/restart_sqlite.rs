@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::Client;
+use common::{restart, Client};
 use session_core::store::sqlx;
 use session_core::store::SqliteStore;
 use typed_sessions::counter;
@@ -39,11 +39,7 @@ async fn visit_count_and_cart_continue_after_a_restart() {
     let url = url(&dir);
 
     let (mut before, store) = start(&url).await;
-    for n in 1..=3 {
-        assert_eq!(before.get("/").await.body, format!("You visited {n} times"));
-    }
-    assert_eq!(before.post("/cart", "item=tea").await.status, 303);
-    let cookie = before.cookie.clone().expect("the app set a session cookie");
+    let cookie = restart::visit_three_times_and_add_tea(&mut before).await;
     assert_eq!(rows(&store).await, 1);
     // Shut down: the app goes, then the pool is closed and the store dropped.
     drop(before);
@@ -52,11 +48,7 @@ async fn visit_count_and_cart_continue_after_a_restart() {
     drop(store);
 
     let (mut after, store) = start(&url).await;
-    after.cookie = Some(cookie);
-    assert_eq!(after.get("/peek").await.body, "views: 3");
-    assert_eq!(after.get("/").await.body, "You visited 4 times");
-    assert_eq!(after.get("/").await.body, "You visited 5 times");
-    assert_eq!(after.get("/cart").await.body, "tea\n");
+    restart::assert_visits_carry_on(&mut after, cookie).await;
     assert_eq!(rows(&store).await, 1, "the same session row carried on");
 }
 
@@ -68,18 +60,12 @@ async fn a_logged_out_session_stays_gone_after_a_restart() {
     // Opened the way the example opens it from SESSION_STORE.
     let store = counter::store_from_spec(&url).await.unwrap();
     let mut before = Client::new(counter::app(store, common::key()));
-    before.get("/").await;
-    assert_eq!(before.post("/login", "name=ada").await.status, 303);
-    assert_eq!(before.get("/me").await.body, "user: ada");
-    let logged_in = before.cookie.clone().expect("the app set a session cookie");
-    assert_eq!(before.post("/logout", "").await.status, 303);
+    let logged_in = restart::log_in_and_out(&mut before).await;
     // Dropping the client drops the app, its layer and the only handle on the store.
     drop(before);
 
     // Replaying the old cookie after the restart finds nothing.
     let (mut after, store) = start(&url).await;
     assert_eq!(rows(&store).await, 0, "logout deleted the row");
-    after.cookie = Some(logged_in);
-    assert_eq!(after.get("/me").await.body, "user: none");
-    assert_eq!(after.get("/peek").await.body, "views: 0");
+    restart::assert_logged_out(&mut after, logged_in).await;
 }

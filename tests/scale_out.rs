@@ -1,11 +1,11 @@
 //! Scale-out: two instances of the counter app, as separate processes, share one Redis (or one
-//! Redis Cluster); a client that alternates between them keeps its session and sees every
-//! visit counted once.
+//! Redis Cluster, or one MongoDB); a client that alternates between them keeps its session and
+//! sees every visit counted once.
 //!
 //! The app is `examples/counter.rs`, built by the test with `cargo build --example counter`
 //! into the target directory the test itself runs from.
 
-#![cfg(feature = "redis")]
+#![cfg(any(feature = "redis", feature = "mongodb"))]
 
 mod common;
 
@@ -15,24 +15,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "mongodb")]
+use session_core::store::MongoStore;
+#[cfg(feature = "redis")]
 use session_core::store::RedisStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Both instances sign cookies with this, as instances behind one load balancer would.
 const SECRET: &str = "scale-out-test-secret-that-is-at-least-32-bytes";
-const REQUESTS: u32 = 100;
 
+#[cfg(feature = "redis")]
 fn redis_url() -> String {
     std::env::var("SESSION_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+#[cfg(feature = "redis")]
 fn cluster_spec() -> String {
     std::env::var("SESSION_TEST_REDIS_CLUSTER").unwrap_or_else(|_| {
         "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003".to_owned()
     })
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_alternating_between_two_instances_on_redis_keeps_its_session() {
     let url = redis_url();
@@ -40,9 +45,10 @@ async fn a_client_alternating_between_two_instances_on_redis_keeps_its_session()
     {
         return;
     }
-    alternate_between_two_instances(&url).await;
+    alternate_between_two_instances(&url, 100).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_alternating_between_two_instances_on_redis_cluster_keeps_its_session() {
     let spec = cluster_spec();
@@ -50,10 +56,23 @@ async fn a_client_alternating_between_two_instances_on_redis_cluster_keeps_its_s
     if common::server_or_skip(&format!("Redis Cluster at {spec}"), reachable).is_none() {
         return;
     }
-    alternate_between_two_instances(&spec).await;
+    alternate_between_two_instances(&spec, 100).await;
 }
 
-async fn alternate_between_two_instances(store: &str) {
+#[cfg(feature = "mongodb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_alternating_between_two_instances_on_mongodb_keeps_its_session() {
+    let url = std::env::var("SESSION_TEST_MONGODB_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/test".to_owned());
+    let reachable = MongoStore::connect(&url).await;
+    if common::server_or_skip(&format!("MongoDB at {url}"), reachable).is_none() {
+        return;
+    }
+    alternate_between_two_instances(&url, 40).await;
+}
+
+/// Sends `requests` visits, alternating between two instances on `store`.
+async fn alternate_between_two_instances(store: &str, requests: u32) {
     let binary = tokio::task::spawn_blocking(counter_binary)
         .await
         .unwrap()
@@ -63,7 +82,7 @@ async fn alternate_between_two_instances(store: &str) {
         Instance::start(&binary, store).await,
     ];
     let mut cookie: Option<String> = None;
-    for n in 1..=REQUESTS {
+    for n in 1..=requests {
         let instance = &instances[(n % 2) as usize];
         let reply = get(instance.port, "/", cookie.as_deref()).await;
         assert_eq!(

@@ -260,6 +260,7 @@ pub fn server_or_skip<T, E: std::fmt::Display>(what: &str, connected: Result<T, 
 }
 
 pub mod cart;
+pub mod restart;
 pub mod sql;
 #[cfg(all(
     feature = "file",
@@ -267,7 +268,8 @@ pub mod sql;
     feature = "postgres",
     feature = "mysql",
     feature = "redis",
-    feature = "memcached"
+    feature = "memcached",
+    feature = "mongodb"
 ))]
 pub mod stores;
 pub mod visit;

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use session_core::store::{
-    FileStore, MemcachedStore, MemoryStore, MySqlStore, PostgresStore, RedisStore, SqliteStore,
+    FileStore, MemcachedStore, MemoryStore, MongoStore, MySqlStore, PostgresStore, RedisStore,
+    SqliteStore,
 };
 use session_core::Store;
 
@@ -73,4 +74,10 @@ pub async fn cached_redis() -> Option<Arc<dyn Store>> {
         session_core::store::CachingStore::new(backing)
             .with_max_staleness(std::time::Duration::from_millis(500)),
     ))
+}
+
+pub async fn mongodb() -> Option<Arc<dyn Store>> {
+    let url = env_or("SESSION_TEST_MONGODB_URL", "mongodb://127.0.0.1:27017/test");
+    let store = server_or_skip("MongoDB", MongoStore::connect(&url).await)?;
+    Some(Arc::new(store))
 }

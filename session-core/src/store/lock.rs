@@ -69,9 +69,18 @@ impl std::fmt::Debug for SessionLock {
     }
 }
 
+/// A random token naming one holder of a lease lock, so a holder whose lease ran out cannot
+/// free the lock its successor holds.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "mongodb"))]
+pub(crate) fn lock_token() -> Result<String, StoreError> {
+    crate::id::SessionId::generate()
+        .map(|id| id.as_str().to_owned())
+        .map_err(|e| StoreError::backend(format!("no randomness for a lock token: {e}")))
+}
+
 /// Tries to take a lock kept in a remote store until `wait` runs out, pausing 2 ms, 4 ms, …
 /// up to 25 ms between tries. `attempt` makes one try: `Some` lock when it got it.
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "mongodb"))]
 pub(crate) async fn retry_lock<F, Fut>(
     wait: Duration,
     mut attempt: F,

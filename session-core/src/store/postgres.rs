@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgQueryResult};
 use sqlx::{Connection, Postgres};
 
-use super::lock::retry_lock;
+use super::lock::{lock_token, retry_lock};
 use super::sql::{
     backend_error, sql_store_api, to_sql, Dialect, Queries, RowsAffected, SqlStore, TableName,
 };
@@ -244,14 +244,6 @@ impl PostgresStore {
 /// The quoted name of the lock table of the sessions table `table`.
 fn lock_table(table: &TableName) -> String {
     format!("\"{}_locks\"", table.as_str())
-}
-
-/// A random token naming one holder of a lock, so a holder whose lease ran out cannot free
-/// the lock its successor holds.
-fn lock_token() -> Result<String, StoreError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| StoreError::backend(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 sql_store_api! {

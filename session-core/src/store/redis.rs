@@ -10,9 +10,9 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 use async_trait::async_trait;
 
-use super::lock::retry_lock;
+use super::lock::{lock_token, retry_lock};
 use super::{Release, SessionLock, Store, StoreError};
-use crate::id::{SessionId, StoreKey};
+use crate::id::StoreKey;
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 
 const DEFAULT_PREFIX: &str = "session:";
@@ -426,9 +426,7 @@ impl Store for RedisStore {
         wait: Duration,
     ) -> Result<Option<SessionLock>, StoreError> {
         let lock_key = format!("{}:lock", self.redis_key(key));
-        let token = SessionId::generate()
-            .map_err(|e| StoreError::backend(format!("no randomness for a lock token: {e}")))?;
-        let token = token.as_str().to_owned();
+        let token = lock_token()?;
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
         retry_lock(wait, || async {
             let mut command = ::redis::cmd("SET");

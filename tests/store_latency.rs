@@ -1,0 +1,102 @@
+//! Latency of `create`, `load` and a one-field merge `save` on each server-backed store, one
+//! call at a time from one client. Not a pass/fail test: run it by hand and read the table,
+//!
+//! ```sh
+//! cargo test --test store_latency -- --ignored --nocapture
+//! ```
+//!
+//! `STORE_LATENCY_CALLS` sets the calls per operation (default 500). The numbers include the
+//! client's own work, so compare stores within one run and one build profile.
+
+#![cfg(all(
+    feature = "file",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "memcached",
+    feature = "mongodb"
+))]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::stores;
+use session_core::conformance::{key, record};
+use session_core::{SaveMode, Store, StoreKey};
+
+/// Median and 99th percentile of `samples`, in microseconds.
+fn percentiles(samples: &mut [Duration]) -> (u128, u128) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_micros();
+    (at(0.5), at(0.99))
+}
+
+/// Times `calls` creates, then loads, then merges of one field, on fresh keys.
+async fn measure(store: &dyn Store, calls: usize) -> [(u128, u128); 3] {
+    let session = record(
+        &[
+            ("views", "12"),
+            ("user", "\"ada\""),
+            ("cart", "[\"tea\",\"milk\",\"bread\"]"),
+        ],
+        Duration::from_secs(600),
+    );
+    let change = record(&[("views", "13")], Duration::from_secs(600));
+    let keys: Vec<StoreKey> = (0..calls).map(|_| key()).collect();
+    let (mut creates, mut loads, mut merges) = (Vec::new(), Vec::new(), Vec::new());
+    for key in &keys {
+        let started = Instant::now();
+        assert!(store.create(key, &session).await.unwrap());
+        creates.push(started.elapsed());
+    }
+    for key in &keys {
+        let started = Instant::now();
+        assert!(store.load(key).await.unwrap().is_some());
+        loads.push(started.elapsed());
+    }
+    for key in &keys {
+        let started = Instant::now();
+        assert!(store.save(key, &change, SaveMode::Merge).await.unwrap());
+        merges.push(started.elapsed());
+    }
+    for key in &keys {
+        store.delete(key).await.unwrap();
+    }
+    [
+        percentiles(&mut creates),
+        percentiles(&mut loads),
+        percentiles(&mut merges),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn create_load_and_merge_latency_per_store() {
+    let calls: usize = std::env::var("STORE_LATENCY_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let candidates: [(&str, Option<Arc<dyn Store>>); 5] = [
+        ("SQLite (file)", stores::sqlite().await),
+        ("PostgreSQL", stores::postgres().await),
+        ("MySQL / MariaDB", stores::mysql().await),
+        ("Redis", stores::redis().await),
+        ("MongoDB", stores::mongodb().await),
+    ];
+    println!("{calls} calls per operation, one at a time; µs, p50 / p99");
+    println!("| store | create | load | merge (1 field) |");
+    println!("|---|--:|--:|--:|");
+    for (name, store) in candidates {
+        let Some(store) = store else { continue };
+        // Warm up connections and statement caches.
+        measure(&*store, 20).await;
+        let [create, load, merge] = measure(&*store, calls).await;
+        println!(
+            "| {name} | {} / {} | {} / {} | {} / {} |",
+            create.0, create.1, load.0, load.1, merge.0, merge.1
+        );
+    }
+}
