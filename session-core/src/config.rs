@@ -7,7 +7,7 @@ use crate::cookie::KeyRing;
 use crate::error::SessionError;
 use crate::events::{SessionEvents, SessionMetrics};
 use crate::id::SessionId;
-use crate::store::Store;
+use crate::store::{LocalLocks, Store};
 
 /// Server-side idle timeout when neither `max_age` nor `idle_timeout` is set.
 pub(crate) const DEFAULT_IDLE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -112,6 +112,8 @@ pub(crate) struct Config {
     pub(crate) id_generator: Option<IdGenerator>,
     pub(crate) metrics: SessionMetrics,
     pub(crate) events: Option<Arc<dyn SessionEvents>>,
+    /// This process's queue in front of the store's per-session locks.
+    pub(crate) local_locks: LocalLocks,
 }
 
 /// Per-session locking: how long a lock lives if its holder vanishes, and how long a request
@@ -152,6 +154,7 @@ impl Config {
             id_generator: None,
             metrics: SessionMetrics::default(),
             events: None,
+            local_locks: LocalLocks::new(),
         }
     }
 

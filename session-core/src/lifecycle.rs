@@ -75,6 +75,8 @@ struct Inner {
     existed: bool,
     /// The per-session lock, while held.
     held: Option<SessionLock>,
+    /// This process's own lock of the session, taken before the store's.
+    held_local: Option<SessionLock>,
     /// Changed fields not yet written.
     pending: Fields,
     /// `clear()` ran: the next write replaces every stored field.
@@ -268,12 +270,21 @@ impl RequestState {
     /// Loads the session of the cookie's `id` (after taking its lock, if locks are on).
     async fn load_id(&self, id: SessionId) -> Result<(), SessionError> {
         if let Some(lock) = self.config.lock {
+            let key = self.store_key(id);
+            let started = tokio::time::Instant::now();
+            // The requests of this process queue here, in order, so only one of them at a time
+            // polls the store's lock: a hundred concurrent requests on one session cost the
+            // store one waiter, not a hundred.
+            let local = self
+                .config
+                .local_locks
+                .lock(&key, lock.wait)
+                .await
+                .ok_or(SessionError::LockTimeout(lock.wait))?;
+            self.lock().held_local = Some(local);
+            let left = lock.wait.saturating_sub(started.elapsed());
             let held = self
-                .call(
-                    self.config
-                        .store
-                        .lock(&self.store_key(id), lock.lease, lock.wait),
-                )
+                .call(self.config.store.lock(&key, lock.lease, left))
                 .await?
                 .ok_or(SessionError::LockTimeout(lock.wait))?;
             self.lock().held = Some(held);
@@ -434,19 +445,26 @@ impl RequestState {
     /// held from a load that failed.
     pub(crate) fn needs_finish(&self) -> bool {
         let inner = self.lock();
-        inner.extracted || inner.held.is_some()
+        inner.extracted || inner.held.is_some() || inner.held_local.is_some()
     }
 
     /// Applies the end-of-request rules; returns what the response's cookie should say.
     /// Releases the per-session lock, if one is held, whatever happened.
     pub(crate) async fn finish(&self) -> Result<CookieAction, SessionError> {
         let result = self.apply_rules().await;
-        let held = self.lock().held.take();
+        let (held, held_local) = {
+            let mut inner = self.lock();
+            (inner.held.take(), inner.held_local.take())
+        };
         if let Some(held) = held {
             // Under the store timeout: a release that hangs must not hold the response.
             if let Err(error) = self.call(held.release()).await {
                 tracing::warn!(%error, "could not release the session lock; it lapses with its lease");
             }
+        }
+        if let Some(local) = held_local {
+            // In process: cannot fail.
+            let _ = local.release().await;
         }
         result
     }

@@ -98,6 +98,14 @@ impl Stored {
 
 type Shard = HashMap<[u8; 32], Stored>;
 
+/// Which records a pass of [`MemoryStore::make_room`] may evict.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Victims {
+    Expired,
+    OneShot,
+    Any,
+}
+
 /// Sessions kept in this process's memory: the default store.
 ///
 /// - **Sharded**: keys are spread over 64 independently locked maps, so requests for
@@ -251,13 +259,13 @@ impl MemoryStore {
     }
 
     /// Frees room for a record of `size` bytes about to go into shard `home`, as the type's
-    /// docs describe: sessions that never returned go first, from `home`, then from the other
-    /// shards; returning sessions only when none of those are left anywhere. Other shards are
-    /// only tried, never waited for, so two inserts cannot deadlock.
+    /// docs describe: expired records go first, then sessions that never returned, then
+    /// returning ones; at each step from `home` first, then from the other shards. Other
+    /// shards are only tried, never waited for, so two inserts cannot deadlock.
     fn make_room(&self, shard: &mut Shard, home: usize, now: Timestamp, size: usize) {
         let mut evicted = 0;
-        'passes: for returning_too in [false, true] {
-            if self.evict_from(shard, now, size, returning_too, &mut evicted) {
+        'passes: for victims in [Victims::Expired, Victims::OneShot, Victims::Any] {
+            if self.evict_from(shard, now, size, victims, &mut evicted) {
                 break;
             }
             for index in (0..SHARDS).filter(|&i| i != home) {
@@ -266,7 +274,7 @@ impl MemoryStore {
                     Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
                     Err(TryLockError::WouldBlock) => continue,
                 };
-                if self.evict_from(&mut other, now, size, returning_too, &mut evicted) {
+                if self.evict_from(&mut other, now, size, victims, &mut evicted) {
                     break 'passes;
                 }
             }
@@ -283,8 +291,8 @@ impl MemoryStore {
         }
     }
 
-    /// Evicts from one shard until a record of `size` bytes fits: expired records, then live
-    /// ones that never returned (and, with `returning_too`, the others), nearest deadline
+    /// Evicts from one shard until a record of `size` bytes fits: expired records, then (as
+    /// `victims` allows) live ones that never returned, then the others, nearest deadline
     /// first, a sixteenth of the shard at a time. Adds live evictions to `evicted`; returns
     /// whether the record fits now.
     fn evict_from(
@@ -292,7 +300,7 @@ impl MemoryStore {
         shard: &mut Shard,
         now: Timestamp,
         size: usize,
-        returning_too: bool,
+        victims: Victims,
         evicted: &mut usize,
     ) -> bool {
         let before = shard.len();
@@ -306,9 +314,12 @@ impl MemoryStore {
         });
         self.inner.forget(before - shard.len(), freed);
         while self.is_full(size) {
+            if victims == Victims::Expired {
+                return false;
+            }
             let mut order: Vec<(bool, Timestamp, [u8; 32])> = shard
                 .iter()
-                .filter(|(_, s)| returning_too || !s.returned)
+                .filter(|(_, s)| victims == Victims::Any || !s.returned)
                 .map(|(k, s)| (s.returned, s.expires_at, *k))
                 .collect();
             if order.is_empty() {
