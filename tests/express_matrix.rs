@@ -1,7 +1,9 @@
 //! express-session's decision matrix (`shared/spec/express-semantics.md`), cell by cell:
 //! for every combination of `resave`, `save_uninitialized` and `rolling`, whether
-//! `Set-Cookie` is sent and exactly which store calls happen, for a new or existing session
-//! whose handler does or does not change data.
+//! `Set-Cookie` is sent and exactly which store calls happen (operation, save mode, fields
+//! written, and the key: always the session's own), for a new or existing session whose
+//! handler does or does not change data; then the touch throttle and a cookie whose record
+//! is gone.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use common::{send, RecordingStore};
+use common::{send, store_key_of, RecordingStore};
 use session_core::{Session, SessionLayer};
 
 #[derive(Session)]
@@ -33,11 +35,22 @@ fn app(
     rolling: bool,
     max_age: bool,
 ) -> Router {
+    app_with(store, resave, save_uninit, rolling, max_age, Duration::ZERO)
+}
+
+fn app_with(
+    store: &RecordingStore,
+    resave: bool,
+    save_uninit: bool,
+    rolling: bool,
+    max_age: bool,
+    touch_after: Duration,
+) -> Router {
     let mut layer = SessionLayer::new(store.clone(), common::key())
         .with_resave(resave)
         .with_save_uninitialized(save_uninit)
         .with_rolling(rolling)
-        .with_touch_after(Duration::ZERO);
+        .with_touch_after(touch_after);
     if max_age {
         layer = layer.with_max_age(Duration::from_secs(60));
     }
@@ -47,13 +60,15 @@ fn app(
         .layer(layer)
 }
 
-/// Runs one cell; returns whether `Set-Cookie` was sent and the store calls made.
+/// Runs one cell; returns whether `Set-Cookie` was sent and the store calls made, described
+/// by [`Call::describe`](common::Call::describe). Every call must be on the session's key:
+/// the cookie's, or for a new session the one its `Set-Cookie` names.
 async fn cell(
     app: &Router,
     store: &RecordingStore,
     existing: bool,
     modify: bool,
-) -> (bool, Vec<&'static str>) {
+) -> (bool, Vec<String>) {
     let cookie = if existing {
         // A separate request creates the session this cell starts from.
         let setup = send(app, common::get("/write", None)).await;
@@ -68,10 +83,32 @@ async fn cell(
     let uri = if modify { "/write" } else { "/read" };
     let reply = send(app, common::get(uri, cookie.as_deref())).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let sent = reply.set_cookie("sid").is_some();
-    let ops = store.ops();
+    let sent = reply.cookie_pair("sid");
+    if let (Some(sent), Some(cookie)) = (&sent, &cookie) {
+        assert_eq!(
+            store_key_of(sent),
+            store_key_of(cookie),
+            "an existing session keeps its id"
+        );
+    }
+    let calls = store.calls();
     store.clear();
-    (sent, ops)
+    if let Some(session) = cookie.as_deref().or(sent.as_deref()) {
+        let key = store_key_of(session);
+        for call in &calls {
+            assert_eq!(
+                call.key, key,
+                "{} on another key than the session's",
+                call.op
+            );
+        }
+    } else {
+        assert!(calls.is_empty(), "store calls without a session: {calls:?}");
+    }
+    (
+        sent.is_some(),
+        calls.iter().map(common::Call::describe).collect(),
+    )
 }
 
 /// One row of the matrix: (cookie, calls) for new/unmod, new/mod, exist/unmod, exist/mod.
@@ -92,9 +129,14 @@ async fn row(resave: bool, save_uninit: bool, rolling: bool, expected: [(bool, &
 }
 
 const NONE: &[&str] = &[];
-const SET: &[&str] = &["create"];
+/// A new session stored with nothing in it (`save_uninitialized`).
+const SET_EMPTY: &[&str] = &["create()"];
+const SET: &[&str] = &["create(views)"];
 const GET_TOUCH: &[&str] = &["load", "touch"];
-const GET_SET: &[&str] = &["load", "save"];
+/// `resave` of an unchanged session: the whole record written back.
+const GET_RESAVE: &[&str] = &["load", "save replace(views)"];
+/// A change: only the changed field written.
+const GET_SET: &[&str] = &["load", "save merge(views)"];
 
 #[tokio::test]
 async fn row_resave_f_uninit_f_rolling_f() {
@@ -135,7 +177,7 @@ async fn row_resave_f_uninit_t_rolling_f() {
         true,
         false,
         [
-            (true, SET),
+            (true, SET_EMPTY),
             (true, SET),
             (false, GET_TOUCH),
             (true, GET_SET),
@@ -150,7 +192,12 @@ async fn row_resave_f_uninit_t_rolling_t() {
         false,
         true,
         true,
-        [(true, SET), (true, SET), (true, GET_TOUCH), (true, GET_SET)],
+        [
+            (true, SET_EMPTY),
+            (true, SET),
+            (true, GET_TOUCH),
+            (true, GET_SET),
+        ],
     )
     .await;
 }
@@ -164,7 +211,7 @@ async fn row_resave_t_uninit_f_rolling_f() {
         [
             (false, NONE),
             (true, SET),
-            (false, GET_SET),
+            (false, GET_RESAVE),
             (true, GET_SET),
         ],
     )
@@ -177,7 +224,12 @@ async fn row_resave_t_uninit_f_rolling_t() {
         true,
         false,
         true,
-        [(false, NONE), (true, SET), (true, GET_SET), (true, GET_SET)],
+        [
+            (false, NONE),
+            (true, SET),
+            (true, GET_RESAVE),
+            (true, GET_SET),
+        ],
     )
     .await;
 }
@@ -188,7 +240,12 @@ async fn row_resave_t_uninit_t_rolling_f() {
         true,
         true,
         false,
-        [(true, SET), (true, SET), (false, GET_SET), (true, GET_SET)],
+        [
+            (true, SET_EMPTY),
+            (true, SET),
+            (false, GET_RESAVE),
+            (true, GET_SET),
+        ],
     )
     .await;
 }
@@ -199,7 +256,12 @@ async fn row_resave_t_uninit_t_rolling_t() {
         true,
         true,
         true,
-        [(true, SET), (true, SET), (true, GET_SET), (true, GET_SET)],
+        [
+            (true, SET_EMPTY),
+            (true, SET),
+            (true, GET_RESAVE),
+            (true, GET_SET),
+        ],
     )
     .await;
 }
@@ -227,4 +289,97 @@ async fn resave_writes_the_whole_record_back() {
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(calls[1].mode, Some(session_core::SaveMode::Replace));
     assert_eq!(calls[1].fields, ["views"]);
+}
+
+/// With `touch_after` set, an unchanged session is not touched again until that much of its
+/// lifetime has passed; then it is, once. A change is written whatever the throttle says.
+#[tokio::test]
+async fn touch_after_throttles_the_touch_of_an_unchanged_session() {
+    for rolling in [false, true] {
+        let store = RecordingStore::new();
+        let app = app_with(&store, false, false, rolling, true, Duration::from_secs(1));
+        let setup = send(&app, common::get("/write", None)).await;
+        let cookie = setup.cookie_pair("sid").unwrap();
+        let key = store_key_of(&cookie);
+        store.clear();
+        let calls = |store: &RecordingStore| -> Vec<String> {
+            let calls = store.calls();
+            store.clear();
+            assert!(calls.iter().all(|c| c.key == key), "{calls:?}");
+            calls.iter().map(common::Call::describe).collect()
+        };
+
+        let fresh = send(&app, common::get("/read", Some(&cookie))).await;
+        assert_eq!(
+            calls(&store),
+            ["load"],
+            "rolling={rolling}: touched within touch_after"
+        );
+        // `rolling` re-sends the cookie on every response, touched or not.
+        assert_eq!(
+            fresh.set_cookie("sid").is_some(),
+            rolling,
+            "rolling={rolling}"
+        );
+        send(&app, common::get("/write", Some(&cookie))).await;
+        assert_eq!(
+            calls(&store),
+            GET_SET,
+            "rolling={rolling}: a change is written"
+        );
+
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let due = send(&app, common::get("/read", Some(&cookie))).await;
+        assert_eq!(calls(&store), GET_TOUCH, "rolling={rolling}: touch due");
+        assert_eq!(
+            due.set_cookie("sid").is_some(),
+            rolling,
+            "rolling={rolling}"
+        );
+        send(&app, common::get("/read", Some(&cookie))).await;
+        assert_eq!(calls(&store), ["load"], "rolling={rolling}: touched once");
+    }
+}
+
+/// A signed cookie whose record is gone (expired, destroyed elsewhere) is a new visitor: the
+/// lookup misses, nothing is written for a read, and a write creates a new session under a new
+/// id, never under the old one.
+#[tokio::test]
+async fn a_cookie_whose_record_is_gone_starts_a_new_session() {
+    let store = RecordingStore::new();
+    let app = app(&store, false, false, false, true);
+    let setup = send(&app, common::get("/write", None)).await;
+    let cookie = setup.cookie_pair("sid").unwrap();
+    let old = store_key_of(&cookie);
+    session_core::Store::delete(&store.inner, &old)
+        .await
+        .unwrap();
+    store.clear();
+
+    let read = send(&app, common::get("/read", Some(&cookie))).await;
+    assert_eq!(read.body, "views: 0");
+    let calls = store.calls();
+    store.clear();
+    assert_eq!(
+        calls.iter().map(common::Call::describe).collect::<Vec<_>>(),
+        ["load"]
+    );
+    assert_eq!(calls[0].key, old);
+    assert!(
+        read.cookie_pair("sid").is_none(),
+        "{:?}",
+        read.set_cookies()
+    );
+
+    let write = send(&app, common::get("/write", Some(&cookie))).await;
+    assert_eq!(write.body, "views: 1");
+    let new = write.cookie_pair("sid").expect("the new session's cookie");
+    let new = store_key_of(&new);
+    assert_ne!(new, old, "the old id is never adopted");
+    let calls = store.calls();
+    assert_eq!(
+        calls.iter().map(common::Call::describe).collect::<Vec<_>>(),
+        ["load", "create(views)"]
+    );
+    assert_eq!((calls[0].key, calls[1].key), (old, new));
 }

@@ -614,6 +614,7 @@ pub enum Fault {
 pub struct FaultStore<S> {
     inner: S,
     faults: Arc<std::sync::Mutex<Faults>>,
+    fired: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The fault of each disturbed call, and how many more calls it applies to (`None`: all).
@@ -625,6 +626,7 @@ impl<S: Store> FaultStore<S> {
         Self {
             inner,
             faults: Arc::default(),
+            fired: Arc::default(),
         }
     }
 
@@ -648,6 +650,11 @@ impl<S: Store> FaultStore<S> {
         self.faults().clear();
     }
 
+    /// How many calls have been disturbed so far, to tell which requests met a fault.
+    pub fn fired(&self) -> usize {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The store behind the faults.
     pub fn inner(&self) -> &S {
         &self.inner
@@ -669,6 +676,9 @@ impl<S: Store> FaultStore<S> {
                 _ => None,
             }
         };
+        if fault.is_some() {
+            self.fired.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         match fault {
             None => Ok(()),
             Some(Fault::Error) => Err(StoreError::backend(format!("injected fault in {op:?}"))),
