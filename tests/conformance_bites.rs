@@ -37,7 +37,7 @@ struct FlawedStore {
 }
 
 impl FlawedStore {
-    fn new(flaw: Flaw) -> Arc<dyn Store> {
+    fn shared(flaw: Flaw) -> Arc<dyn Store> {
         Arc::new(Self {
             flaw,
             records: Mutex::default(),
@@ -258,7 +258,7 @@ async fn the_flawless_store_passes_every_check() {
         a_holder_that_stalls_past_its_lease_loses_the_lock,
     ];
     let runs = every.map(|(name, check)| async move {
-        (name, fails(FlawedStore::new(Flaw::None), check).await)
+        (name, fails(FlawedStore::shared(Flaw::None), check).await)
     });
     let failed: Vec<&str> = futures_util::future::join_all(runs)
         .await
@@ -271,7 +271,7 @@ async fn the_flawless_store_passes_every_check() {
 async fn assert_caught(flaw: Flaw, check: (&str, Check)) {
     // A race may be missed once; it must not be missed every time.
     for _ in 0..3 {
-        if fails(FlawedStore::new(flaw), check.1).await {
+        if fails(FlawedStore::shared(flaw), check.1).await {
             return;
         }
     }
