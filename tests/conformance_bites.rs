@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use session_core::conformance;
+use session_core::conformance::{self, Check};
 use session_core::store::{LocalLocks, SessionLock};
 use session_core::{Record, SaveMode, Store, StoreError, StoreKey, Timestamp};
 
@@ -220,12 +220,14 @@ impl session_core::store::Release for LeaseRelease {
     }
 }
 
-type Check = fn(&Arc<dyn Store>) -> futures_util::future::BoxFuture<'_, ()>;
-
-macro_rules! checks {
-    ($($name:ident),* $(,)?) => {
-        [$((stringify!($name), (|store| Box::pin(conformance::$name(store))) as Check)),*]
-    };
+/// The named checks, from the suite's own list.
+fn named<const N: usize>(names: [&str; N]) -> [(&'static str, Check); N] {
+    let all = conformance::checks();
+    names.map(|name| {
+        *all.iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no check {name}"))
+    })
 }
 
 /// Whether `check` fails (panics) on `store`.
@@ -237,27 +239,8 @@ async fn fails(store: Arc<dyn Store>, check: Check) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_flawless_store_passes_every_check() {
-    let every = checks![
-        round_trip,
-        saves_never_create,
-        expired_records_are_not_revived,
-        save_stores_both_times,
-        delete_removes,
-        create_detects_collisions,
-        create_is_atomic,
-        merge_writes_only_given_fields,
-        replace_writes_the_whole_record,
-        expired_records_are_invisible,
-        touch_moves_only_the_deadline,
-        purge_removes_only_expired,
-        concurrent_writers_on_different_fields_lose_nothing,
-        large_records_round_trip,
-        unicode_round_trips,
-        empty_records_round_trip,
-        lock_is_exclusive_and_freed_when_its_holder_vanishes,
-        a_holder_that_stalls_past_its_lease_loses_the_lock,
-    ];
-    let runs = every.map(|(name, check)| async move {
+    let every = conformance::checks();
+    let runs = every.into_iter().map(|(name, check)| async move {
         (name, fails(FlawedStore::shared(Flaw::None), check).await)
     });
     let failed: Vec<&str> = futures_util::future::join_all(runs)
@@ -280,36 +263,36 @@ async fn assert_caught(flaw: Flaw, check: (&str, Check)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_racy_create_fails_create_is_atomic() {
-    let [check] = checks![create_is_atomic];
+    let [check] = named(["create_is_atomic"]);
     assert_caught(Flaw::Racy, check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_racy_merge_fails_the_concurrent_writers_check() {
-    let [check] = checks![concurrent_writers_on_different_fields_lose_nothing];
+    let [check] = named(["concurrent_writers_on_different_fields_lose_nothing"]);
     assert_caught(Flaw::Racy, check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_save_that_keeps_the_old_times_fails_save_stores_both_times() {
-    let [check] = checks![save_stores_both_times];
+    let [check] = named(["save_stores_both_times"]);
     assert_caught(Flaw::KeepsOldTimes, check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_save_that_creates_fails_saves_never_create() {
-    let [check] = checks![saves_never_create];
+    let [check] = named(["saves_never_create"]);
     assert_caught(Flaw::SavesCreate, check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_over_expired_records_fail_expired_records_are_not_revived() {
-    let [check] = checks![expired_records_are_not_revived];
+    let [check] = named(["expired_records_are_not_revived"]);
     assert_caught(Flaw::RevivesExpired, check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lock_without_a_lease_fails_the_lease_check() {
-    let [check] = checks![a_holder_that_stalls_past_its_lease_loses_the_lock];
+    let [check] = named(["a_holder_that_stalls_past_its_lease_loses_the_lock"]);
     assert_caught(Flaw::LockIgnoresLease, check).await;
 }

@@ -60,6 +60,29 @@ fn app_with(
         .layer(layer)
 }
 
+/// A session made by a separate `/write`; returns its cookie pair, with the recorded calls
+/// cleared.
+async fn existing_session(app: &Router, store: &RecordingStore) -> String {
+    let setup = send(app, common::get("/write", None)).await;
+    let pair = setup
+        .cookie_pair("sid")
+        .expect("setup request got no cookie");
+    store.clear();
+    pair
+}
+
+/// The calls recorded since the last clear; clears them.
+fn take_calls(store: &RecordingStore) -> Vec<common::Call> {
+    let calls = store.calls();
+    store.clear();
+    calls
+}
+
+/// Each call as [`Call::describe`](common::Call::describe) puts it.
+fn described(calls: &[common::Call]) -> Vec<String> {
+    calls.iter().map(common::Call::describe).collect()
+}
+
 /// Runs one cell; returns whether `Set-Cookie` was sent and the store calls made, described
 /// by [`Call::describe`](common::Call::describe). Every call must be on the session's key:
 /// the cookie's, or for a new session the one its `Set-Cookie` names.
@@ -70,13 +93,7 @@ async fn cell(
     modify: bool,
 ) -> (bool, Vec<String>) {
     let cookie = if existing {
-        // A separate request creates the session this cell starts from.
-        let setup = send(app, common::get("/write", None)).await;
-        let pair = setup
-            .cookie_pair("sid")
-            .expect("setup request got no cookie");
-        store.clear();
-        Some(pair)
+        Some(existing_session(app, store).await)
     } else {
         None
     };
@@ -91,8 +108,7 @@ async fn cell(
             "an existing session keeps its id"
         );
     }
-    let calls = store.calls();
-    store.clear();
+    let calls = take_calls(store);
     if let Some(session) = cookie.as_deref().or(sent.as_deref()) {
         let key = store_key_of(session);
         for call in &calls {
@@ -105,10 +121,7 @@ async fn cell(
     } else {
         assert!(calls.is_empty(), "store calls without a session: {calls:?}");
     }
-    (
-        sent.is_some(),
-        calls.iter().map(common::Call::describe).collect(),
-    )
+    (sent.is_some(), described(&calls))
 }
 
 /// One row of the matrix: (cookie, calls) for new/unmod, new/mod, exist/unmod, exist/mod.
@@ -298,15 +311,12 @@ async fn touch_after_throttles_the_touch_of_an_unchanged_session() {
     for rolling in [false, true] {
         let store = RecordingStore::new();
         let app = app_with(&store, false, false, rolling, true, Duration::from_secs(1));
-        let setup = send(&app, common::get("/write", None)).await;
-        let cookie = setup.cookie_pair("sid").unwrap();
+        let cookie = existing_session(&app, &store).await;
         let key = store_key_of(&cookie);
-        store.clear();
         let calls = |store: &RecordingStore| -> Vec<String> {
-            let calls = store.calls();
-            store.clear();
+            let calls = take_calls(store);
             assert!(calls.iter().all(|c| c.key == key), "{calls:?}");
-            calls.iter().map(common::Call::describe).collect()
+            described(&calls)
         };
 
         let fresh = send(&app, common::get("/read", Some(&cookie))).await;
@@ -348,8 +358,7 @@ async fn touch_after_throttles_the_touch_of_an_unchanged_session() {
 async fn a_cookie_whose_record_is_gone_starts_a_new_session() {
     let store = RecordingStore::new();
     let app = app(&store, false, false, false, true);
-    let setup = send(&app, common::get("/write", None)).await;
-    let cookie = setup.cookie_pair("sid").unwrap();
+    let cookie = existing_session(&app, &store).await;
     let old = store_key_of(&cookie);
     session_core::Store::delete(&store.inner, &old)
         .await
@@ -358,12 +367,8 @@ async fn a_cookie_whose_record_is_gone_starts_a_new_session() {
 
     let read = send(&app, common::get("/read", Some(&cookie))).await;
     assert_eq!(read.body, "views: 0");
-    let calls = store.calls();
-    store.clear();
-    assert_eq!(
-        calls.iter().map(common::Call::describe).collect::<Vec<_>>(),
-        ["load"]
-    );
+    let calls = take_calls(&store);
+    assert_eq!(described(&calls), ["load"]);
     assert_eq!(calls[0].key, old);
     assert!(
         read.cookie_pair("sid").is_none(),
@@ -376,10 +381,7 @@ async fn a_cookie_whose_record_is_gone_starts_a_new_session() {
     let new = write.cookie_pair("sid").expect("the new session's cookie");
     let new = store_key_of(&new);
     assert_ne!(new, old, "the old id is never adopted");
-    let calls = store.calls();
-    assert_eq!(
-        calls.iter().map(common::Call::describe).collect::<Vec<_>>(),
-        ["load", "create(views)"]
-    );
+    let calls = take_calls(&store);
+    assert_eq!(described(&calls), ["load", "create(views)"]);
     assert_eq!((calls[0].key, calls[1].key), (old, new));
 }

@@ -18,6 +18,11 @@
 //! tasks that start together on a multi-thread runtime, so a store that is only atomic while
 //! nothing else runs (a data race, a create that checks then writes) fails them.
 //!
+//! A store whose per-session lock lives in the process, with no lease, writes
+//! `store_conformance_tests!(in_process_locks: ...)` to leave out the lease check (see
+//! [`a_holder_that_stalls_past_its_lease_loses_the_lock`]). [`checks`] lists every check by
+//! name, to run them by hand.
+//!
 //! [`FaultStore`] wraps any store to inject errors, delays and hangs into chosen calls.
 
 use std::sync::Arc;
@@ -428,14 +433,7 @@ pub async fn lock_is_exclusive_and_freed_when_its_holder_vanishes(store: &Arc<dy
         .await
         .unwrap()
         .expect("a free lock is taken at once");
-    assert!(
-        store
-            .lock(&key, lease, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .is_none(),
-        "a second holder got a held lock"
-    );
+    assert!(held(store, &key).await, "a second holder got a held lock");
     first.release().await.unwrap();
 
     let (taken, is_taken) = tokio::sync::oneshot::channel();
@@ -461,6 +459,23 @@ pub async fn lock_is_exclusive_and_freed_when_its_holder_vanishes(store: &Arc<dy
     );
 }
 
+/// Whether the lock of `key` is held by someone else: a try for 100 ms fails. A try that
+/// succeeds is released at once.
+async fn held(store: &Arc<dyn Store>, key: &StoreKey) -> bool {
+    let lease = Duration::from_secs(5);
+    match store
+        .lock(key, lease, Duration::from_millis(100))
+        .await
+        .unwrap()
+    {
+        Some(lock) => {
+            lock.release().await.unwrap();
+            false
+        }
+        None => true,
+    }
+}
+
 /// A holder that keeps the lock past its lease without releasing it (a process that hangs or
 /// died while holding it) loses it: another holder takes it once the lease runs out, not
 /// before, and the stalled holder's late release does not free its successor's lock.
@@ -483,14 +498,7 @@ pub async fn a_holder_that_stalls_past_its_lease_loses_the_lock(store: &Arc<dyn 
         .await
         .unwrap()
         .expect("a free lock is taken at once");
-    assert!(
-        store
-            .lock(&key, lease, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .is_none(),
-        "the lock is held within its lease"
-    );
+    assert!(held(store, &key).await, "the lock is held within its lease");
     let successor = store
         .lock(&key, Duration::from_secs(30), Duration::from_secs(3))
         .await
@@ -503,19 +511,14 @@ pub async fn a_holder_that_stalls_past_its_lease_loses_the_lock(store: &Arc<dyn 
     );
     stalled.release().await.unwrap();
     assert!(
-        store
-            .lock(&key, lease, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .is_none(),
+        held(store, &key).await,
         "the stalled holder's release freed the successor's lock"
     );
     successor.release().await.unwrap();
-    assert!(store
-        .lock(&key, lease, Duration::from_millis(100))
-        .await
-        .unwrap()
-        .is_some());
+    assert!(
+        !held(store, &key).await,
+        "the lock stayed held after its holder released it"
+    );
 }
 
 /// Generates one `#[tokio::test]` per conformance check for the store made by `$make`, an
@@ -527,25 +530,7 @@ pub async fn a_holder_that_stalls_past_its_lease_loses_the_lock(store: &Arc<dyn 
 #[macro_export]
 macro_rules! store_conformance_tests {
     (in_process_locks: $make:expr) => {
-        $crate::store_conformance_tests!(@tests $make;
-            round_trip,
-            saves_never_create,
-            expired_records_are_not_revived,
-            save_stores_both_times,
-            delete_removes,
-            create_detects_collisions,
-            create_is_atomic,
-            merge_writes_only_given_fields,
-            replace_writes_the_whole_record,
-            expired_records_are_invisible,
-            touch_moves_only_the_deadline,
-            purge_removes_only_expired,
-            concurrent_writers_on_different_fields_lose_nothing,
-            large_records_round_trip,
-            unicode_round_trips,
-            empty_records_round_trip,
-            lock_is_exclusive_and_freed_when_its_holder_vanishes,
-        );
+        $crate::__with_conformance_checks!(store_conformance_tests!(@tests $make;));
     };
     ($make:expr) => {
         $crate::store_conformance_tests!(in_process_locks: $make);
@@ -565,6 +550,64 @@ macro_rules! store_conformance_tests {
             }
         )*
     };
+}
+
+/// The one list of checks (all but the lease check, which in-process locks skip): calls
+/// `$crate::$callback!(PREFIX name, name, ...,)`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_conformance_checks {
+    ($callback:ident ! ($($prefix:tt)*)) => {
+        $crate::$callback! { $($prefix)*
+            round_trip,
+            saves_never_create,
+            expired_records_are_not_revived,
+            save_stores_both_times,
+            delete_removes,
+            create_detects_collisions,
+            create_is_atomic,
+            merge_writes_only_given_fields,
+            replace_writes_the_whole_record,
+            expired_records_are_invisible,
+            touch_moves_only_the_deadline,
+            purge_removes_only_expired,
+            concurrent_writers_on_different_fields_lose_nothing,
+            large_records_round_trip,
+            unicode_round_trips,
+            empty_records_round_trip,
+            lock_is_exclusive_and_freed_when_its_holder_vanishes,
+        }
+    };
+}
+
+/// Builds [`checks`]' list from the names.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_check_list {
+    ($($name:ident,)*) => {
+        ::std::vec![$((
+            ::std::stringify!($name),
+            (|store| ::std::boxed::Box::pin($crate::conformance::$name(store)))
+                as $crate::conformance::Check,
+        )),*]
+    };
+}
+
+/// A conformance check, as [`checks`] lists it.
+pub type Check = for<'a> fn(
+    &'a Arc<dyn Store>,
+)
+    -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Every check with its name, the lease check last: for running the suite by hand, for
+/// example against a store that must fail some of it.
+pub fn checks() -> Vec<(&'static str, Check)> {
+    let mut checks = crate::__with_conformance_checks!(__conformance_check_list!());
+    checks.push((
+        "a_holder_that_stalls_past_its_lease_loses_the_lock",
+        |store| Box::pin(a_holder_that_stalls_past_its_lease_loses_the_lock(store)),
+    ));
+    checks
 }
 
 /// A store call [`FaultStore`] can disturb.
