@@ -788,6 +788,38 @@ mod tests {
     }
 
     #[test]
+    fn returning_visitors_answered_as_new_fail_the_run() {
+        let run = RunResult {
+            requests: 10,
+            fresh: 1,
+            ..RunResult::default()
+        };
+        for scenario in [Scenario::Counter, Scenario::ReadOnly, Scenario::BigSession] {
+            let problems = check_run(Variant::OursMem, scenario, &run);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(check_run(Variant::Bare, scenario, &run).is_empty());
+        }
+        let found = RunResult {
+            requests: 10,
+            ..RunResult::default()
+        };
+        assert!(check_run(Variant::TowerRedis, Scenario::Counter, &found).is_empty());
+    }
+
+    #[test]
+    fn answers_showing_a_new_session_are_recognised() {
+        let answer = |body: &'static str| load::Answer {
+            status: 200,
+            set_cookie: None,
+            body: bytes::Bytes::from_static(body.as_bytes()),
+        };
+        assert!(answer("You visited 1 times").shows_a_new_session());
+        assert!(answer("views: 0").shows_a_new_session());
+        assert!(!answer("You visited 2 times").shows_a_new_session());
+        assert!(!answer("views: 1").shows_a_new_session());
+    }
+
+    #[test]
     fn smoke_options_are_short() {
         let options = parse_options(&["--smoke".to_owned()]).unwrap();
         assert!(options.smoke);
