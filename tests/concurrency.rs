@@ -9,8 +9,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use common::cart::{cart_app, concurrent_appends, session_with_one_item};
 use common::{get as get_req, send};
-use session_core::store::MemoryStore;
-use session_core::{SessionLayer, Store};
+use session_core::store::{MemoryStore, SessionLock};
+use session_core::{Record, SaveMode, SessionLayer, Store, StoreError, StoreKey, Timestamp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_requests_on_different_fields_lose_nothing() {
@@ -38,15 +38,17 @@ async fn with_the_lock_hundred_concurrent_appends_leave_exactly_hundred_items() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_wait_that_runs_out_gives_the_error_status() {
-    let store = Arc::new(MemoryStore::new());
-    let app = cart_app(store, Some(Duration::from_millis(50)));
+    let store = LockSignal::default();
+    let app = cart_app(Arc::new(store.clone()), Some(Duration::from_millis(50)));
     let cookie = session_with_one_item(&app).await;
+    let granted = store.granted.notified();
     let holder = {
         let app = app.clone();
         let cookie = cookie.clone();
         tokio::spawn(async move { send(&app, get_req("/hold", Some(&cookie))).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The holder has the lock (and keeps it 400 ms in its handler).
+    granted.await;
     let blocked = send(&app, get_req("/count", Some(&cookie))).await;
     assert_eq!(blocked.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(holder.await.unwrap().status, StatusCode::OK);
@@ -99,4 +101,50 @@ fn lock_on_a_store_without_locks_is_a_configuration_error() {
         .check()
         .unwrap_err();
     assert!(error.to_string().contains("per-session locks"), "{error}");
+}
+
+/// The memory store, telling each time it grants a per-session lock.
+#[derive(Clone, Default)]
+struct LockSignal {
+    inner: MemoryStore,
+    granted: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl Store for LockSignal {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
+        self.inner.create(key, record).await
+    }
+    async fn save(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        mode: SaveMode,
+    ) -> Result<bool, StoreError> {
+        self.inner.save(key, record, mode).await
+    }
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
+        self.inner.touch(key, expires_at).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    fn supports_locks(&self) -> bool {
+        true
+    }
+    async fn lock(
+        &self,
+        key: &StoreKey,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
+        let lock = self.inner.lock(key, lease, wait).await?;
+        if lock.is_some() {
+            self.granted.notify_waiters();
+        }
+        Ok(lock)
+    }
 }

@@ -261,12 +261,13 @@ async fn absolute_timeout_ends_an_active_session() {
             .with_touch_after(Duration::ZERO),
     );
     let mut client = Client::new(app);
-    client.get("/incr").await;
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        client.get("/incr").await;
+    assert_eq!(client.get("/incr").await.body, "views: 1");
+    for views in 2..=5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Within the absolute window the session lives on, visit by visit.
+        assert_eq!(client.get("/incr").await.body, format!("views: {views}"));
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     // Active all along, but created more than a second ago: a new session starts.
     assert_eq!(client.get("/incr").await.body, "views: 1");
 }

@@ -39,6 +39,7 @@ async fn store_on(name: &str) -> Option<PostgresStore> {
     Some(store)
 }
 
+// Includes `a_holder_that_stalls_past_its_lease_loses_the_lock`: the lock is a lease row.
 session_core::store_conformance_tests!(store());
 
 sql_store_tests! {
@@ -175,50 +176,4 @@ async fn locked_requests_beyond_the_pool_size_all_finish() {
         "took {:?}",
         started.elapsed()
     );
-}
-
-/// A holder that stalls past its lease loses the lock to the next request, and its late
-/// release does not free the lock its successor now holds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_holder_that_stalls_past_its_lease_loses_the_lock() {
-    use session_core::Store;
-
-    let Some(store) = store().await else { return };
-    let key = session_core::SessionId::generate().unwrap().store_key();
-    let lease = Duration::from_millis(500);
-    let stalled = store
-        .lock(&key, lease, Duration::ZERO)
-        .await
-        .unwrap()
-        .expect("a free lock is taken at once");
-    assert!(
-        store
-            .lock(&key, lease, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .is_none(),
-        "the lock is held within its lease"
-    );
-    let started = std::time::Instant::now();
-    let successor = store
-        .lock(&key, Duration::from_secs(30), Duration::from_secs(3))
-        .await
-        .unwrap()
-        .expect("the lease runs out and the lock is taken over");
-    assert!(started.elapsed() >= Duration::from_millis(250));
-    stalled.release().await.unwrap();
-    assert!(
-        store
-            .lock(&key, lease, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .is_none(),
-        "the stalled holder's release left the successor's lock alone"
-    );
-    successor.release().await.unwrap();
-    assert!(store
-        .lock(&key, lease, Duration::from_millis(100))
-        .await
-        .unwrap()
-        .is_some());
 }

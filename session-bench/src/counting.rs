@@ -1,25 +1,18 @@
-//! Store wrappers that count what reaches the store, and the counters they share with the
-//! server's `/__stats` route.
+//! Store wrappers that count the calls reaching the store, and the counters they share with
+//! the server's `/__stats` route.
 //!
 //! Counting calls is a few relaxed atomic increments, cheap enough to stay on during the timed
-//! runs. Counting *bytes* is not always cheap: for tower-sessions it means serializing the
-//! record a second time. So bytes are only counted while [`Stats::count_bytes`] is on, which
-//! the benchmark switches on for a short untimed accounting run after the timed ones.
+//! runs. Bytes are not counted here but on the wire to Redis ([`crate::wire`]), the same way
+//! for both libraries.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use session_core::{Record, SaveMode, Store, StoreError, StoreKey, Timestamp};
 use tower_sessions::session::{Id, Record as TowerRecord};
 use tower_sessions::session_store::{self, SessionStore};
-
-/// Bytes of the two timestamps (`created_at`, `expires_at`) a session-core record carries
-/// besides its fields.
-const TIMESTAMPS_LEN: u64 = 16;
-/// Bytes of the deadline a touch writes.
-const DEADLINE_LEN: u64 = 8;
 
 /// What one server's store has been asked to do since the server started.
 #[derive(Debug, Default)]
@@ -29,19 +22,11 @@ pub struct Stats {
     pub saves: AtomicU64,
     pub touches: AtomicU64,
     pub deletes: AtomicU64,
-    /// Bytes handed to the store, counted only while `count_bytes` is on.
-    pub bytes: AtomicU64,
-    /// Whether `bytes` is being counted.
-    pub count_bytes: AtomicBool,
 }
 
 impl Stats {
     fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn counting_bytes(&self) -> bool {
-        self.count_bytes.load(Ordering::Relaxed)
     }
 
     /// The counters as `name=value` pairs, one line, as `/__stats` answers.
@@ -53,7 +38,6 @@ impl Stats {
             ("saves", &self.saves),
             ("touches", &self.touches),
             ("deletes", &self.deletes),
-            ("bytes", &self.bytes),
         ];
         for (name, counter) in pairs {
             let _ = write!(out, "{name}={} ", counter.load(Ordering::Relaxed));
@@ -63,8 +47,7 @@ impl Stats {
     }
 }
 
-/// A session-core [`Store`] that counts the calls it passes on, and the bytes of the fields
-/// (plus timestamps) each write hands to the store.
+/// A session-core [`Store`] that counts the calls it passes on.
 pub struct CountingStore<S> {
     inner: S,
     stats: Arc<Stats>,
@@ -76,10 +59,6 @@ impl<S> CountingStore<S> {
     }
 }
 
-fn record_bytes(record: &Record) -> u64 {
-    record.encoded_len() as u64 + TIMESTAMPS_LEN
-}
-
 #[async_trait]
 impl<S: Store> Store for CountingStore<S> {
     async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
@@ -89,9 +68,6 @@ impl<S: Store> Store for CountingStore<S> {
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
         Stats::add(&self.stats.creates, 1);
-        if self.stats.counting_bytes() {
-            Stats::add(&self.stats.bytes, record_bytes(record));
-        }
         self.inner.create(key, record).await
     }
 
@@ -102,17 +78,11 @@ impl<S: Store> Store for CountingStore<S> {
         mode: SaveMode,
     ) -> Result<bool, StoreError> {
         Stats::add(&self.stats.saves, 1);
-        if self.stats.counting_bytes() {
-            Stats::add(&self.stats.bytes, record_bytes(record));
-        }
         self.inner.save(key, record, mode).await
     }
 
     async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         Stats::add(&self.stats.touches, 1);
-        if self.stats.counting_bytes() {
-            Stats::add(&self.stats.bytes, DEADLINE_LEN);
-        }
         self.inner.touch(key, expires_at).await
     }
 
@@ -139,10 +109,7 @@ impl<S: Store> Store for CountingStore<S> {
     }
 }
 
-/// A tower-sessions [`SessionStore`] that counts the calls it passes on, and the size of the
-/// record each write hands to the store, encoded as MessagePack exactly as
-/// tower-sessions-redis-store encodes it (for the Redis store that is the payload it sends;
-/// for the memory store, which clones the record instead, it is the same record's size).
+/// A tower-sessions [`SessionStore`] that counts the calls it passes on.
 ///
 /// With `track_ids`, the ids of created sessions are kept so that the benchmark can delete
 /// them afterwards: tower-sessions-redis-store keys sessions by bare id, with no prefix to
@@ -170,38 +137,12 @@ impl<S> CountingTowerStore<S> {
     pub fn created(&self) -> Option<CreatedIds> {
         self.created.clone()
     }
-
-    fn count_record(&self, record: &TowerRecord) {
-        if self.stats.counting_bytes() {
-            let mut counter = ByteCounter(0);
-            // Encoding into a counter allocates nothing; it fails only for unencodable data,
-            // which tower-sessions' `serde_json::Value` never is.
-            if rmp_serde::encode::write(&mut counter, record).is_ok() {
-                Stats::add(&self.stats.bytes, counter.0);
-            }
-        }
-    }
-}
-
-/// An `io::Write` that only counts.
-struct ByteCounter(u64);
-
-impl std::io::Write for ByteCounter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[async_trait]
 impl<S: SessionStore> SessionStore for CountingTowerStore<S> {
     async fn create(&self, record: &mut TowerRecord) -> session_store::Result<()> {
         Stats::add(&self.stats.creates, 1);
-        self.count_record(record);
         self.inner.create(record).await?;
         if let Some(ids) = &self.created {
             ids.lock()
@@ -213,7 +154,6 @@ impl<S: SessionStore> SessionStore for CountingTowerStore<S> {
 
     async fn save(&self, record: &TowerRecord) -> session_store::Result<()> {
         Stats::add(&self.stats.saves, 1);
-        self.count_record(record);
         self.inner.save(record).await
     }
 

@@ -89,6 +89,13 @@ pub struct Answer {
 }
 
 /// One request on a fresh connection: for setup and bookkeeping, never timed.
+impl Answer {
+    /// Whether the body is what the handlers answer for a session they did not find.
+    pub fn shows_a_new_session(&self) -> bool {
+        self.body == "You visited 1 times" || self.body == "views: 0"
+    }
+}
+
 pub async fn fetch(
     addr: SocketAddr,
     path: &'static str,
@@ -115,6 +122,9 @@ pub struct RunResult {
     pub errors: u64,
     /// Responses that carried a `Set-Cookie`.
     pub set_cookies: u64,
+    /// Answers showing a session the request did not find: `You visited 1 times` or
+    /// `views: 0`. From a returning visitor that means its cookie's session was lost.
+    pub fresh: u64,
     pub elapsed: Duration,
     /// Latency of each successful request, in microseconds, sorted.
     pub latencies: Vec<u32>,
@@ -172,6 +182,7 @@ pub async fn run(conns: &mut Vec<Conn>, path: &'static str, limit: Limit) -> Run
                             .push(u32::try_from(micros).unwrap_or(u32::MAX));
                         result.requests += 1;
                         result.set_cookies += u64::from(answer.set_cookie.is_some());
+                        result.fresh += u64::from(answer.shows_a_new_session());
                     }
                     Ok(_) => result.errors += 1,
                     Err(_) => {
@@ -193,6 +204,7 @@ pub async fn run(conns: &mut Vec<Conn>, path: &'static str, limit: Limit) -> Run
         total.requests += result.requests;
         total.errors += result.errors;
         total.set_cookies += result.set_cookies;
+        total.fresh += result.fresh;
         total.latencies.extend(result.latencies);
         conns.extend(conn);
     }

@@ -42,18 +42,22 @@
 //! - Store calls are counted inside the server by a wrapper around each store (session-core's
 //!   `Store`, tower-sessions' `SessionStore`), read from `/__stats` before and after each timed
 //!   run. Writes are creates + saves + touches + deletes.
-//! - Bytes written per request come from a separate short untimed run with byte counting on
-//!   (counting them for tower-sessions means encoding each record once more, which must not
-//!   slow its timed runs). For tower-sessions it is the MessagePack encoding of the record
-//!   written, exactly what tower-sessions-redis-store sends; for session-core, the names and
-//!   values of the fields written plus 16 bytes of timestamps (8 for a touch).
+//! - Bytes sent to the store per request are measured on the wire, the same way for both
+//!   libraries: after the timed runs, each Redis variant gets a fresh server connected to Redis
+//!   through a counting TCP proxy ([`wire`]) and a short untimed run; every byte its client sends
+//!   to Redis (commands, keys, values, framing, reads included) counts. A memory store has no
+//!   wire, so memory variants show none. A byte-counting run with failed requests, or in which
+//!   nothing reached Redis, fails the benchmark instead of reporting 0.
+//! - Returning visitors must find their session: an answer showing a new session (`You visited
+//!   1 times`, `views: 0`) fails the benchmark, so a broken cookie lookup cannot pass for speed.
 //! - Memory per session: a fresh server of each memory-store variant, warmed up on the lazy
 //!   route, has its VmRSS read before and after 100 000 new-visitor requests; the difference
 //!   is divided by the sessions the store then holds.
 //! - Redis variants use `redis://127.0.0.1:6379` (or `--redis URL`) and delete what they wrote
 //!   at the end of each scenario: session-core's keys by their `session-bench:` prefix,
 //!   tower-sessions' (which have no prefix) by the ids the counting wrapper saw created.
-//!   If Redis cannot be reached, the Redis variants are skipped with a note.
+//!   If Redis cannot be reached, the Redis variants are skipped with a note, or, with
+//!   `SESSIONS_REQUIRE_SERVERS=1` (as CI sets it), the benchmark fails.
 //!
 //! The report is Markdown (so BENCHMARKS.md can hold it verbatim) and ends with one line:
 //! `summary: counter_vs_tower=R1 counter_vs_bare=R2 lazy_vs_bare=R3 bigsession_bytes_vs_tower=R4`.
@@ -69,6 +73,7 @@ mod load;
 mod report;
 mod serve;
 mod variant;
+mod wire;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -272,6 +277,11 @@ fn drive_command(args: &[String]) -> Result<(), String> {
 }
 
 /// The load generator's runtime: one thread, so the server gets the other core.
+/// Whether a missing server is a failure rather than a skip (CI sets it), as in the tests.
+fn servers_required() -> bool {
+    std::env::var("SESSIONS_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true")
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -292,7 +302,6 @@ pub struct StoreStats {
     pub saves: u64,
     pub touches: u64,
     pub deletes: u64,
-    pub bytes: u64,
     pub sessions: u64,
 }
 
@@ -310,7 +319,6 @@ impl StoreStats {
                 "saves" => stats.saves = value,
                 "touches" => stats.touches = value,
                 "deletes" => stats.deletes = value,
-                "bytes" => stats.bytes = value,
                 "sessions" => stats.sessions = value,
                 _ => {}
             }
@@ -326,7 +334,6 @@ impl StoreStats {
             saves: self.saves - earlier.saves,
             touches: self.touches - earlier.touches,
             deletes: self.deletes - earlier.deletes,
-            bytes: self.bytes - earlier.bytes,
             sessions: self.sessions,
         }
     }
@@ -337,7 +344,6 @@ impl StoreStats {
         self.saves += other.saves;
         self.touches += other.touches;
         self.deletes += other.deletes;
-        self.bytes += other.bytes;
     }
 
     pub fn writes(&self) -> u64 {
@@ -401,12 +407,18 @@ impl Server {
         self.child.id()
     }
 
-    /// The server's resident memory, in bytes.
-    fn rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+    /// The server's resident memory, in bytes; an error when it cannot be read.
+    fn rss(&self) -> Result<u64, String> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: reading {path}: {e}", self.variant))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .filter(|&kib| kib > 0)
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| format!("{}: no VmRSS in {path}", self.variant))
     }
 
     /// CPU time the server's threads have used so far, in nanoseconds (from
@@ -440,12 +452,6 @@ impl Server {
     async fn stats(&self) -> Result<StoreStats, String> {
         let answer = self.get("/__stats", None).await?;
         Ok(StoreStats::parse(&String::from_utf8_lossy(&answer.body)))
-    }
-
-    async fn count_bytes(&self, on: bool) -> Result<(), String> {
-        self.get(if on { "/__bytes/on" } else { "/__bytes/off" }, None)
-            .await
-            .map(drop)
     }
 
     /// Deletes what the server wrote to Redis, and says so if that fails.
@@ -520,18 +526,10 @@ impl Drop for Server {
 /// Whether something accepts TCP connections where `url` (`redis://[user@]host:port[/db]`)
 /// points.
 async fn reachable(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let host_port = rest.split('/').next().unwrap_or(rest);
-    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
-    let host_port = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:6379")
-    };
     matches!(
         tokio::time::timeout(
             Duration::from_secs(1),
-            tokio::net::TcpStream::connect(host_port)
+            tokio::net::TcpStream::connect(wire::host_port(url))
         )
         .await,
         Ok(Ok(_))
@@ -563,17 +561,26 @@ fn bench(options: &Options) -> Result<(), String> {
                 redis_version_text = redis_version(&options.redis_url).await;
                 // Leftovers of an interrupted run.
                 let _ = serve::delete_prefix(&options.redis_url, serve::OURS_REDIS_PREFIX).await;
-            } else {
-                use_redis = false;
-                notes.push(format!(
-                    "Redis variants skipped: nothing answers at {}.",
+            } else if servers_required() {
+                return Err(format!(
+                    "Redis is required (SESSIONS_REQUIRE_SERVERS=1) but nothing answers at {}",
                     options.redis_url
                 ));
+            } else {
+                use_redis = false;
+                let note = format!("Redis variants skipped: nothing answers at {}.", options.redis_url);
+                eprintln!("session-bench: {note} Set SESSIONS_REQUIRE_SERVERS=1 to make this a failure.");
+                notes.push(note);
             }
         } else {
             notes.push("Redis variants skipped (--no-redis).".to_owned());
         }
 
+        let wire = if use_redis {
+            Some(wire::WireCounter::start(&options.redis_url)?)
+        } else {
+            None
+        };
         let mut cells: HashMap<(Scenario, Variant), Cell> = HashMap::new();
         for &scenario in &options.scenarios {
             let variants: Vec<Variant> = scenario
@@ -627,15 +634,30 @@ fn bench(options: &Options) -> Result<(), String> {
                         .push(&result, &delta, cpu);
                 }
             }
-            // Bytes written per request: a short untimed run with byte counting on.
-            for (server, conns) in &mut servers {
-                server.count_bytes(true).await?;
-                let before = server.stats().await?;
-                let result = load::run(conns, scenario.path(), Limit::Requests(options.accounting)).await;
-                let delta = server.stats().await?.since(&before);
-                server.count_bytes(false).await?;
-                if let Some(cell) = cells.get_mut(&(scenario, server.variant)) {
-                    cell.bytes_per_request = Some(delta.bytes as f64 / result.requests.max(1) as f64);
+            // Bytes sent to Redis per request, on the wire: fresh servers of the Redis
+            // variants, one at a time, connected through a counting proxy, each given a short
+            // untimed run after its sessions are made.
+            if let Some(wire) = &wire {
+                for &variant in variants.iter().filter(|v| v.uses_redis()) {
+                    let server = Server::start(variant, wire.url())?;
+                    let mut conns = server.connect(scenario, options.connections).await?;
+                    let before = wire.sent();
+                    let result = load::run(&mut conns, scenario.path(), Limit::Requests(options.accounting)).await;
+                    let sent = wire.sent() - before;
+                    let run_problems = check_run(variant, scenario, &result);
+                    if run_problems.is_empty() && sent == 0 {
+                        problems.push(format!(
+                            "{} / {variant}: nothing reached Redis in the byte-counting run.",
+                            scenario.name()
+                        ));
+                    } else if run_problems.is_empty() {
+                        if let Some(cell) = cells.get_mut(&(scenario, variant)) {
+                            cell.bytes_per_request = Some(sent as f64 / result.requests as f64);
+                        }
+                    }
+                    problems.extend(run_problems.into_iter().map(|p| format!("byte-counting run: {p}")));
+                    drop(conns);
+                    server.cleanup().await;
                 }
             }
             for (server, conns) in servers {
@@ -697,6 +719,18 @@ fn check_run(variant: Variant, scenario: Scenario, result: &RunResult) -> Vec<St
             scenario.name()
         ));
     }
+    if scenario.returning()
+        && scenario != Scenario::Lazy
+        && variant != Variant::Bare
+        && result.fresh > 0
+    {
+        problems.push(format!(
+            "{} / {variant}: {} of {} returning-visitor answers show a session that was not found.",
+            scenario.name(),
+            result.fresh,
+            result.requests
+        ));
+    }
     if scenario == Scenario::NewVisitor
         && variant != Variant::Bare
         && result.set_cookies < result.requests
@@ -725,10 +759,10 @@ async fn measure_memory(variant: Variant, options: &Options) -> Result<MemoryRes
     )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = server.rss().unwrap_or(0);
+    let before = server.rss()?;
     let result = load::run(&mut conns, "/", Limit::Requests(options.sessions)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = server.rss().unwrap_or(0);
+    let after = server.rss()?;
     let stats = server.stats().await?;
     Ok(MemoryResult {
         variant,
@@ -745,15 +779,44 @@ mod tests {
 
     #[test]
     fn stats_parse_and_subtract() {
-        let before =
-            StoreStats::parse("loads=1 creates=2 saves=3 touches=0 deletes=0 bytes=10 sessions=2");
-        let after =
-            StoreStats::parse("loads=5 creates=2 saves=7 touches=1 deletes=0 bytes=30 sessions=2");
+        let before = StoreStats::parse("loads=1 creates=2 saves=3 touches=0 deletes=0 sessions=2");
+        let after = StoreStats::parse("loads=5 creates=2 saves=7 touches=1 deletes=0 sessions=2");
         let delta = after.since(&before);
         assert_eq!(delta.loads, 4);
         assert_eq!(delta.writes(), 5);
-        assert_eq!(delta.bytes, 20);
         assert_eq!(delta.sessions, 2);
+    }
+
+    #[test]
+    fn returning_visitors_answered_as_new_fail_the_run() {
+        let run = RunResult {
+            requests: 10,
+            fresh: 1,
+            ..RunResult::default()
+        };
+        for scenario in [Scenario::Counter, Scenario::ReadOnly, Scenario::BigSession] {
+            let problems = check_run(Variant::OursMem, scenario, &run);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(check_run(Variant::Bare, scenario, &run).is_empty());
+        }
+        let found = RunResult {
+            requests: 10,
+            ..RunResult::default()
+        };
+        assert!(check_run(Variant::TowerRedis, Scenario::Counter, &found).is_empty());
+    }
+
+    #[test]
+    fn answers_showing_a_new_session_are_recognised() {
+        let answer = |body: &'static str| load::Answer {
+            status: 200,
+            set_cookie: None,
+            body: bytes::Bytes::from_static(body.as_bytes()),
+        };
+        assert!(answer("You visited 1 times").shows_a_new_session());
+        assert!(answer("views: 0").shows_a_new_session());
+        assert!(!answer("You visited 2 times").shows_a_new_session());
+        assert!(!answer("views: 1").shows_a_new_session());
     }
 
     #[test]

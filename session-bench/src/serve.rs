@@ -11,7 +11,6 @@
 //! | `GET /peek` | `views: N`, changing nothing |
 //! | `GET /__bigcart` | setup: puts a 64 KB `cart` in the session |
 //! | `GET /__stats` | the store counters (outside the session layer) |
-//! | `GET /__bytes/on`, `/__bytes/off` | switch byte counting (outside the session layer) |
 //! | `GET /__cleanup` | deletes what the variant wrote to Redis (outside the session layer) |
 //!
 //! The process prints `listening ADDR` once it accepts connections, and exits when its
@@ -156,16 +155,6 @@ async fn stats_route(State(admin): State<Admin>) -> String {
     admin.stats.render((admin.sessions)())
 }
 
-async fn bytes_on(State(admin): State<Admin>) -> &'static str {
-    admin.stats.count_bytes.store(true, Ordering::SeqCst);
-    "on"
-}
-
-async fn bytes_off(State(admin): State<Admin>) -> &'static str {
-    admin.stats.count_bytes.store(false, Ordering::SeqCst);
-    "off"
-}
-
 async fn cleanup_route(State(admin): State<Admin>) -> String {
     let redis_url = &*admin.redis_url;
     let result = match &admin.cleanup {
@@ -256,13 +245,18 @@ async fn app(variant: Variant, redis_url: &str) -> Result<Router, String> {
             Variant::OursMem
             | Variant::OursRedis
             | Variant::OursMemLocked
-            | Variant::OursRedisLocked => {
-                let locked = |layer: session_core::SessionLayer| {
-                    if matches!(variant, Variant::OursMemLocked | Variant::OursRedisLocked) {
+            | Variant::OursRedisLocked
+            | Variant::OursMemMaxAge
+            | Variant::OursRedisMaxAge => {
+                let locked = |layer: session_core::SessionLayer| match variant {
+                    Variant::OursMemLocked | Variant::OursRedisLocked => {
                         layer.with_session_lock(std::time::Duration::from_secs(5))
-                    } else {
-                        layer
                     }
+                    // The counter app's setting.
+                    Variant::OursMemMaxAge | Variant::OursRedisMaxAge => {
+                        layer.with_max_age(std::time::Duration::from_secs(15 * 60))
+                    }
+                    _ => layer,
                 };
                 let routes = Router::new()
                     .route("/", get(ours::home))
@@ -342,8 +336,6 @@ async fn app(variant: Variant, redis_url: &str) -> Result<Router, String> {
     };
     let bookkeeping = Router::new()
         .route("/__stats", get(stats_route))
-        .route("/__bytes/on", get(bytes_on))
-        .route("/__bytes/off", get(bytes_off))
         .route("/__cleanup", get(cleanup_route))
         .with_state(admin);
     Ok(routes.merge(bookkeeping))

@@ -19,16 +19,23 @@ pub enum Variant {
     OursMemLocked,
     /// session-core with its Redis store and the per-session lock (a lease key).
     OursRedisLocked,
+    /// session-core with a 15-minute `max_age`, as the counter app sets it: a persistent
+    /// cookie, so `Set-Cookie` goes out on every change, as tower-sessions does.
+    OursMemMaxAge,
+    /// The same on Redis.
+    OursRedisMaxAge,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 7] = [
+    pub const ALL: [Variant; 9] = [
         Variant::Bare,
         Variant::TowerMem,
         Variant::OursMem,
+        Variant::OursMemMaxAge,
         Variant::OursMemLocked,
         Variant::TowerRedis,
         Variant::OursRedis,
+        Variant::OursRedisMaxAge,
         Variant::OursRedisLocked,
     ];
 
@@ -42,6 +49,8 @@ impl Variant {
             Variant::OursRedis => "ours-redis",
             Variant::OursMemLocked => "ours-mem-lock",
             Variant::OursRedisLocked => "ours-redis-lock",
+            Variant::OursMemMaxAge => "ours-mem-maxage",
+            Variant::OursRedisMaxAge => "ours-redis-maxage",
         }
     }
 
@@ -59,21 +68,30 @@ impl Variant {
             Variant::OursRedis => "session-core, Redis",
             Variant::OursMemLocked => "session-core, memory, per-session lock",
             Variant::OursRedisLocked => "session-core, Redis, per-session lock",
+            Variant::OursMemMaxAge => "session-core, memory, max_age (Set-Cookie on every change)",
+            Variant::OursRedisMaxAge => "session-core, Redis, max_age (Set-Cookie on every change)",
         }
     }
 
     pub fn uses_redis(self) -> bool {
         matches!(
             self,
-            Variant::TowerRedis | Variant::OursRedis | Variant::OursRedisLocked
+            Variant::TowerRedis
+                | Variant::OursRedis
+                | Variant::OursRedisLocked
+                | Variant::OursRedisMaxAge
         )
     }
 
     /// The variant this one is compared with: tower-sessions on the same store for ours.
     pub fn peer(self) -> Option<Variant> {
         match self {
-            Variant::OursMem | Variant::OursMemLocked => Some(Variant::TowerMem),
-            Variant::OursRedis | Variant::OursRedisLocked => Some(Variant::TowerRedis),
+            Variant::OursMem | Variant::OursMemLocked | Variant::OursMemMaxAge => {
+                Some(Variant::TowerMem)
+            }
+            Variant::OursRedis | Variant::OursRedisLocked | Variant::OursRedisMaxAge => {
+                Some(Variant::TowerRedis)
+            }
             _ => None,
         }
     }
@@ -86,7 +104,9 @@ impl Variant {
             Variant::OursMem
             | Variant::OursRedis
             | Variant::OursMemLocked
-            | Variant::OursRedisLocked => Some("sid"),
+            | Variant::OursRedisLocked
+            | Variant::OursMemMaxAge
+            | Variant::OursRedisMaxAge => Some("sid"),
         }
     }
 }
@@ -160,13 +180,19 @@ impl Scenario {
     }
 
     /// The variants this scenario runs. Redis adds nothing to the lazy path (no store call
-    /// is made), bare axum has no session to make large, and the per-session lock is
-    /// measured where it matters, on the counter.
+    /// is made), bare axum has no session to make large, and the per-session lock and the
+    /// `max_age` cookie are measured where they matter, on the counter.
     pub fn variants(self) -> Vec<Variant> {
         Variant::ALL
             .into_iter()
             .filter(|v| {
-                let locked = matches!(v, Variant::OursMemLocked | Variant::OursRedisLocked);
+                let locked = matches!(
+                    v,
+                    Variant::OursMemLocked
+                        | Variant::OursRedisLocked
+                        | Variant::OursMemMaxAge
+                        | Variant::OursRedisMaxAge
+                );
                 match self {
                     Scenario::Lazy => !v.uses_redis() && !locked,
                     Scenario::BigSession => *v != Variant::Bare && !locked,

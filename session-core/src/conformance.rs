@@ -14,13 +14,19 @@
 //! ```
 //!
 //! The checks use fresh random keys, so they can share one database and run in parallel.
+//! Each takes the store as `&Arc<dyn Store>`: the concurrency checks spawn their writers as
+//! tasks that start together on a multi-thread runtime, so a store that is only atomic while
+//! nothing else runs (a data race, a create that checks then writes) fails them.
+//!
+//! A store whose per-session lock lives in the process, with no lease, writes
+//! `store_conformance_tests!(in_process_locks: ...)` to leave out the lease check (see
+//! [`a_holder_that_stalls_past_its_lease_loses_the_lock`]). [`checks`] lists every check by
+//! name, to run them by hand.
 //!
 //! [`FaultStore`] wraps any store to inject errors, delays and hangs into chosen calls.
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use futures_util::future::join_all;
 
 use crate::id::{SessionId, StoreKey};
 use crate::record::{Fields, Record, SaveMode, Timestamp};
@@ -63,7 +69,7 @@ fn assert_close(actual: Timestamp, expected: Timestamp, what: &str) {
 }
 
 /// A created record loads back with its fields and times; absent keys load as `None`.
-pub async fn round_trip(store: &dyn Store) {
+pub async fn round_trip(store: &Arc<dyn Store>) {
     let key = key();
     assert!(store.load(&key).await.unwrap().is_none());
     let written = record(&[("views", "3"), ("user", "{\"name\":\"ada\"}")], MINUTE);
@@ -81,7 +87,7 @@ pub async fn round_trip(store: &dyn Store) {
 /// Only `create` creates: `save` (either mode) and `touch` of an absent key, or of a key
 /// whose record was deleted, write nothing and report `false`. This is what stops a request
 /// that loaded a session before a logout from bringing it back by saving after.
-pub async fn saves_never_create(store: &dyn Store) {
+pub async fn saves_never_create(store: &Arc<dyn Store>) {
     let later = Timestamp::now().saturating_add(MINUTE);
     for mode in [SaveMode::Merge, SaveMode::Replace] {
         let absent = key();
@@ -115,7 +121,7 @@ pub async fn saves_never_create(store: &dyn Store) {
 
 /// A save or touch of a record whose deadline has passed (purged or not) writes nothing and
 /// reports `false`: an expired session stays ended, its fields never come back.
-pub async fn expired_records_are_not_revived(store: &dyn Store) {
+pub async fn expired_records_are_not_revived(store: &Arc<dyn Store>) {
     let short = Duration::from_millis(1200);
     let merged = key();
     let replaced = key();
@@ -148,7 +154,7 @@ pub async fn expired_records_are_not_revived(store: &dyn Store) {
 }
 
 /// `save`, in both modes, stores the `created_at` and `expires_at` it is given.
-pub async fn save_stores_both_times(store: &dyn Store) {
+pub async fn save_stores_both_times(store: &Arc<dyn Store>) {
     for mode in [SaveMode::Merge, SaveMode::Replace] {
         let key = key();
         assert!(store
@@ -169,7 +175,7 @@ pub async fn save_stores_both_times(store: &dyn Store) {
 }
 
 /// Deleting removes the record; deleting an absent record is not an error.
-pub async fn delete_removes(store: &dyn Store) {
+pub async fn delete_removes(store: &Arc<dyn Store>) {
     let key = key();
     store
         .create(&key, &record(&[("a", "1")], MINUTE))
@@ -181,7 +187,7 @@ pub async fn delete_removes(store: &dyn Store) {
 }
 
 /// `create` on a key with a live record reports a collision and changes nothing.
-pub async fn create_detects_collisions(store: &dyn Store) {
+pub async fn create_detects_collisions(store: &Arc<dyn Store>) {
     let key = key();
     let first = record(&[("owner", "\"first\"")], MINUTE);
     assert!(store.create(&key, &first).await.unwrap());
@@ -191,24 +197,54 @@ pub async fn create_detects_collisions(store: &dyn Store) {
     assert_eq!(&*loaded.fields["owner"], "\"first\"");
 }
 
-/// Concurrent `create`s of one key: exactly one wins.
-pub async fn create_is_atomic(store: &dyn Store) {
-    let store: &dyn Store = store;
+/// Concurrent `create`s of one key, started together on several threads: exactly one wins,
+/// and the record holds the winner's value.
+pub async fn create_is_atomic(store: &Arc<dyn Store>) {
     let key = key();
-    let attempts = (0..16).map(|i| {
-        let value = i.to_string();
-        async move {
-            let rec = record(&[("winner", value.as_str())], MINUTE);
-            store.create(&key, &rec).await.unwrap()
+    let results = all_at_once(store, 16, move |store, i| async move {
+        let rec = record(&[("winner", i.to_string().as_str())], MINUTE);
+        (i, store.create(&key, &rec).await.unwrap())
+    })
+    .await;
+    let winners: Vec<usize> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
+    assert_eq!(winners.len(), 1, "winners of one key: {winners:?}");
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(&*loaded.fields["winner"], winners[0].to_string());
+}
+
+/// Runs `task(store, i)` for `i` in `0..count` as spawned tasks that wait on one barrier, so
+/// they start together and, on a multi-thread runtime, run in parallel: a store that is only
+/// atomic while nothing else runs between its awaits fails the checks that use this.
+async fn all_at_once<T, F, Fut>(store: &Arc<dyn Store>, count: usize, task: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Arc<dyn Store>, usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(count));
+    let handles: Vec<_> = (0..count)
+        .map(|i| {
+            let barrier = Arc::clone(&barrier);
+            let run = task(Arc::clone(store), i);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                run.await
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(count);
+    for handle in handles {
+        match handle.await {
+            Ok(result) => results.push(result),
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
         }
-    });
-    let results = join_all(attempts).await;
-    assert_eq!(results.iter().filter(|won| **won).count(), 1, "{results:?}");
+    }
+    results
 }
 
 /// A merge writes only the fields it names and keeps every other stored field, including
 /// fields no struct knows any more.
-pub async fn merge_writes_only_given_fields(store: &dyn Store) {
+pub async fn merge_writes_only_given_fields(store: &Arc<dyn Store>) {
     let key = key();
     let base = record(
         &[("views", "1"), ("cart", "[]"), ("legacy", "\"keep me\"")],
@@ -225,7 +261,7 @@ pub async fn merge_writes_only_given_fields(store: &dyn Store) {
 }
 
 /// A replace removes the fields it does not name.
-pub async fn replace_writes_the_whole_record(store: &dyn Store) {
+pub async fn replace_writes_the_whole_record(store: &Arc<dyn Store>) {
     let key = key();
     store
         .create(&key, &record(&[("a", "1"), ("b", "2")], MINUTE))
@@ -240,7 +276,7 @@ pub async fn replace_writes_the_whole_record(store: &dyn Store) {
 }
 
 /// A record whose deadline has passed is never loaded, before any purge.
-pub async fn expired_records_are_invisible(store: &dyn Store) {
+pub async fn expired_records_are_invisible(store: &Arc<dyn Store>) {
     let key = key();
     let short = record(&[("a", "1")], Duration::from_millis(1500));
     store.create(&key, &short).await.unwrap();
@@ -255,7 +291,7 @@ pub async fn expired_records_are_invisible(store: &dyn Store) {
 }
 
 /// `touch` moves the deadline and nothing else; touching an absent key creates nothing.
-pub async fn touch_moves_only_the_deadline(store: &dyn Store) {
+pub async fn touch_moves_only_the_deadline(store: &Arc<dyn Store>) {
     let key = key();
     let short = record(&[("a", "1")], Duration::from_secs(2));
     store.create(&key, &short).await.unwrap();
@@ -282,7 +318,7 @@ pub async fn touch_moves_only_the_deadline(store: &dyn Store) {
 
 /// `purge_expired` removes expired records and keeps live ones. Stores with native expiry
 /// may report 0; their expired records must be gone anyway.
-pub async fn purge_removes_only_expired(store: &dyn Store) {
+pub async fn purge_removes_only_expired(store: &Arc<dyn Store>) {
     let live = key();
     store
         .create(&live, &record(&[("a", "1")], MINUTE))
@@ -303,36 +339,43 @@ pub async fn purge_removes_only_expired(store: &dyn Store) {
     }
 }
 
-/// 100 concurrent merges of different fields into one record: none is lost.
-pub async fn concurrent_writers_on_different_fields_lose_nothing(store: &dyn Store) {
-    let store: &dyn Store = store;
+/// 100 merges of different fields into one record, started together on several threads:
+/// none is lost.
+pub async fn concurrent_writers_on_different_fields_lose_nothing(store: &Arc<dyn Store>) {
     let key = key();
     store
         .create(&key, &record(&[("base", "0")], MINUTE))
         .await
         .unwrap();
-    let writes = (0..100).map(|i| {
-        let name = format!("f{i}");
-        async move {
-            let rec = record(&[(name.as_str(), &i.to_string())], MINUTE);
-            assert!(store.save(&key, &rec, SaveMode::Merge).await.unwrap());
-        }
-    });
-    join_all(writes).await;
+    all_at_once(store, 100, move |store, i| async move {
+        let rec = record(
+            &[(format!("f{i}").as_str(), i.to_string().as_str())],
+            MINUTE,
+        );
+        assert!(store.save(&key, &rec, SaveMode::Merge).await.unwrap());
+    })
+    .await;
     let loaded = store.load(&key).await.unwrap().unwrap();
+    let lost: Vec<usize> = (0..100)
+        .filter(|i| {
+            loaded.fields.get(format!("f{i}").as_str()).map(|v| &**v) != Some(&*i.to_string())
+        })
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "merges lost: {} of 100 ({lost:?})",
+        lost.len()
+    );
     assert_eq!(
         loaded.fields.len(),
         101,
         "fields kept: {}",
         loaded.fields.len()
     );
-    for i in 0..100 {
-        assert_eq!(&*loaded.fields[format!("f{i}").as_str()], i.to_string());
-    }
 }
 
 /// A 1 MB session round-trips intact.
-pub async fn large_records_round_trip(store: &dyn Store) {
+pub async fn large_records_round_trip(store: &Arc<dyn Store>) {
     let key = key();
     let big = format!("\"{}\"", "x".repeat(1 << 20));
     let written = record(&[("blob", big.as_str()), ("n", "1")], MINUTE);
@@ -348,7 +391,7 @@ pub async fn large_records_round_trip(store: &dyn Store) {
 }
 
 /// Unicode field names and values, quotes and backslashes survive.
-pub async fn unicode_round_trips(store: &dyn Store) {
+pub async fn unicode_round_trips(store: &Arc<dyn Store>) {
     let key = key();
     let written = record(
         &[
@@ -363,19 +406,159 @@ pub async fn unicode_round_trips(store: &dyn Store) {
 }
 
 /// Records with no fields are stored and loaded.
-pub async fn empty_records_round_trip(store: &dyn Store) {
+pub async fn empty_records_round_trip(store: &Arc<dyn Store>) {
     let key = key();
     store.create(&key, &record(&[], MINUTE)).await.unwrap();
     let loaded = store.load(&key).await.unwrap().expect("empty record loads");
     assert!(loaded.fields.is_empty());
 }
 
+/// The per-session lock excludes a second holder until released, and a holder that vanishes
+/// with its request (its task is cancelled, so its [`SessionLock`](crate::store::SessionLock)
+/// is dropped unreleased) does not keep it: the next request gets it within the lease. A store
+/// without locks must say so and refuse the call.
+pub async fn lock_is_exclusive_and_freed_when_its_holder_vanishes(store: &Arc<dyn Store>) {
+    let key = key();
+    let lease = Duration::from_millis(800);
+    if !store.supports_locks() {
+        let refused = store.lock(&key, lease, Duration::ZERO).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unsupported(_))),
+            "a store without locks answered {refused:?}"
+        );
+        return;
+    }
+    let first = store
+        .lock(&key, lease, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("a free lock is taken at once");
+    assert!(held(store, &key).await, "a second holder got a held lock");
+    first.release().await.unwrap();
+
+    let (taken, is_taken) = tokio::sync::oneshot::channel();
+    let holder = tokio::spawn({
+        let store = Arc::clone(store);
+        async move {
+            let lock = store.lock(&key, lease, Duration::ZERO).await.unwrap();
+            let _ = taken.send(lock.is_some());
+            std::future::pending::<()>().await;
+            drop(lock);
+        }
+    });
+    assert!(is_taken.await.unwrap(), "the released lock is free again");
+    holder.abort();
+    let _ = holder.await;
+    let successor = store
+        .lock(&key, lease, lease + Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        successor.is_some(),
+        "the vanished holder kept the lock past its lease"
+    );
+}
+
+/// Whether the lock of `key` is held by someone else: a try for 100 ms fails. A try that
+/// succeeds is released at once.
+async fn held(store: &Arc<dyn Store>, key: &StoreKey) -> bool {
+    let lease = Duration::from_secs(5);
+    match store
+        .lock(key, lease, Duration::from_millis(100))
+        .await
+        .unwrap()
+    {
+        Some(lock) => {
+            lock.release().await.unwrap();
+            false
+        }
+        None => true,
+    }
+}
+
+/// A holder that keeps the lock past its lease without releasing it (a process that hangs or
+/// died while holding it) loses it: another holder takes it once the lease runs out, not
+/// before, and the stalled holder's late release does not free its successor's lock.
+///
+/// Only for locks that outlive their holder's process (Redis, PostgreSQL, …). An in-process
+/// lock such as [`LocalLocks`](crate::store::LocalLocks) has no lease to test: its holder cannot
+/// vanish without dropping its guard (checked by
+/// [`lock_is_exclusive_and_freed_when_its_holder_vanishes`]), and a process that dies takes its
+/// locks with it. Such stores use the `in_process_locks` form of the macro, which leaves this
+/// check out.
+pub async fn a_holder_that_stalls_past_its_lease_loses_the_lock(store: &Arc<dyn Store>) {
+    if !store.supports_locks() {
+        return;
+    }
+    let key = key();
+    let lease = Duration::from_millis(600);
+    let started = std::time::Instant::now();
+    let stalled = store
+        .lock(&key, lease, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("a free lock is taken at once");
+    assert!(held(store, &key).await, "the lock is held within its lease");
+    let successor = store
+        .lock(&key, Duration::from_secs(30), Duration::from_secs(3))
+        .await
+        .unwrap()
+        .expect("the lease runs out and the lock is taken over");
+    assert!(
+        started.elapsed() >= lease - Duration::from_millis(100),
+        "taken over after {:?}, within the {lease:?} lease",
+        started.elapsed()
+    );
+    stalled.release().await.unwrap();
+    assert!(
+        held(store, &key).await,
+        "the stalled holder's release freed the successor's lock"
+    );
+    successor.release().await.unwrap();
+    assert!(
+        !held(store, &key).await,
+        "the lock stayed held after its holder released it"
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance check for the store made by `$make`, an
 /// expression evaluating to a future of `Option<impl Store>` (`None` skips the test).
+///
+/// A store whose lock lives in the process (no lease: see
+/// [`a_holder_that_stalls_past_its_lease_loses_the_lock`](crate::conformance::a_holder_that_stalls_past_its_lease_loses_the_lock))
+/// uses `store_conformance_tests!(in_process_locks: $make)`, which runs every other check.
 #[macro_export]
 macro_rules! store_conformance_tests {
+    (in_process_locks: $make:expr) => {
+        $crate::__with_conformance_checks!(store_conformance_tests!(@tests $make;));
+    };
     ($make:expr) => {
+        $crate::store_conformance_tests!(in_process_locks: $make);
         $crate::store_conformance_tests!(@tests $make;
+            a_holder_that_stalls_past_its_lease_loses_the_lock,
+        );
+    };
+    (@tests $make:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                if let Some(store) = $make.await {
+                    let store: ::std::sync::Arc<dyn $crate::store::Store> =
+                        ::std::sync::Arc::new(store);
+                    $crate::conformance::$name(&store).await;
+                }
+            }
+        )*
+    };
+}
+
+/// The one list of checks (all but the lease check, which in-process locks skip): calls
+/// `$crate::$callback!(PREFIX name, name, ...,)`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_conformance_checks {
+    ($callback:ident ! ($($prefix:tt)*)) => {
+        $crate::$callback! { $($prefix)*
             round_trip,
             saves_never_create,
             expired_records_are_not_revived,
@@ -392,18 +575,39 @@ macro_rules! store_conformance_tests {
             large_records_round_trip,
             unicode_round_trips,
             empty_records_round_trip,
-        );
+            lock_is_exclusive_and_freed_when_its_holder_vanishes,
+        }
     };
-    (@tests $make:expr; $($name:ident,)*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if let Some(store) = $make.await {
-                    $crate::conformance::$name(&store).await;
-                }
-            }
-        )*
+}
+
+/// Builds [`checks`]' list from the names.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_check_list {
+    ($($name:ident,)*) => {
+        ::std::vec![$((
+            ::std::stringify!($name),
+            (|store| ::std::boxed::Box::pin($crate::conformance::$name(store)))
+                as $crate::conformance::Check,
+        )),*]
     };
+}
+
+/// A conformance check, as [`checks`] lists it.
+pub type Check = for<'a> fn(
+    &'a Arc<dyn Store>,
+)
+    -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Every check with its name, the lease check last: for running the suite by hand, for
+/// example against a store that must fail some of it.
+pub fn checks() -> Vec<(&'static str, Check)> {
+    let mut checks = crate::__with_conformance_checks!(__conformance_check_list!());
+    checks.push((
+        "a_holder_that_stalls_past_its_lease_loses_the_lock",
+        |store| Box::pin(a_holder_that_stalls_past_its_lease_loses_the_lock(store)),
+    ));
+    checks
 }
 
 /// A store call [`FaultStore`] can disturb.
@@ -453,6 +657,7 @@ pub enum Fault {
 pub struct FaultStore<S> {
     inner: S,
     faults: Arc<std::sync::Mutex<Faults>>,
+    fired: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The fault of each disturbed call, and how many more calls it applies to (`None`: all).
@@ -464,6 +669,7 @@ impl<S: Store> FaultStore<S> {
         Self {
             inner,
             faults: Arc::default(),
+            fired: Arc::default(),
         }
     }
 
@@ -487,6 +693,11 @@ impl<S: Store> FaultStore<S> {
         self.faults().clear();
     }
 
+    /// How many calls have been disturbed so far, to tell which requests met a fault.
+    pub fn fired(&self) -> usize {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The store behind the faults.
     pub fn inner(&self) -> &S {
         &self.inner
@@ -508,6 +719,9 @@ impl<S: Store> FaultStore<S> {
                 _ => None,
             }
         };
+        if fault.is_some() {
+            self.fired.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         match fault {
             None => Ok(()),
             Some(Fault::Error) => Err(StoreError::backend(format!("injected fault in {op:?}"))),

@@ -12,6 +12,13 @@
 //!   types and through a derived view.
 //! - [`file_record`] (feature `file`): the file store's record parser, reached through the
 //!   public `FileStore` API (a record file holding the bytes, then a load and a sweep).
+//! - [`redis_record`] (feature `redis`): the Redis store's reading of an `HGETALL` reply, the
+//!   input being the reply's RESP bytes.
+//! - [`sql_record`] (a SQL store's feature): the SQL stores' row decoder, the input being the
+//!   two time columns (8 bytes each) and the `data` column.
+//! - [`memcached_record`] (feature `memcached`): the memcached store's item decoder. Its reply
+//!   parser reads from a socket; `tests/hostile_memcached.rs` feeds it hostile replies
+//!   through a fake server.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -432,3 +439,53 @@ mod file {
 
 #[cfg(feature = "file")]
 pub use self::file::file_record_dir;
+
+/// The Redis store's reading of an `HGETALL` reply, from the reply's RESP bytes: an error or
+/// a live record, never a panic; a record it returns has both times and no metadata field.
+#[cfg(feature = "redis")]
+pub fn redis_record(bytes: &[u8]) {
+    use crate::record::Timestamp;
+    let Ok(reply) = ::redis::parse_redis_value(bytes) else {
+        return;
+    };
+    let now = Timestamp::now();
+    if let Ok(Some(record)) = crate::store::redis::parse_record(reply, now) {
+        assert!(!record.is_expired(now), "an expired record was returned");
+        assert!(
+            record.fields.keys().all(|name| !name.starts_with('\0')),
+            "a metadata field was returned as a session field"
+        );
+    }
+}
+
+/// The SQL stores' row decoder: the first 16 bytes are the `created_at` and `expires_at`
+/// columns (little-endian `i64`s, zero-padded), the rest the `data` column. Never a panic;
+/// a decoded record holds only the object's string members.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub fn sql_record(bytes: &[u8]) {
+    let mut times = [0u8; 16];
+    let split = bytes.len().min(16);
+    times[..split].copy_from_slice(&bytes[..split]);
+    let created = i64::from_le_bytes(times[..8].try_into().unwrap_or_default());
+    let expires = i64::from_le_bytes(times[8..].try_into().unwrap_or_default());
+    let data = String::from_utf8_lossy(&bytes[split..]);
+    let key = SessionId::generate().expect("OS randomness").store_key();
+    if let Ok(record) = crate::store::sql::decode_record(&key, &data, created, expires) {
+        let Ok(serde_json::Value::Object(object)) = serde_json::from_str(&data) else {
+            panic!("a record decoded from a data column that is not a JSON object");
+        };
+        for (name, value) in &record.fields {
+            assert_eq!(
+                object.get(&**name).and_then(serde_json::Value::as_str),
+                Some(&**value),
+                "field {name:?} is not the object's string member"
+            );
+        }
+    }
+}
+
+/// The memcached store's item decoder: an error or a record, never a panic.
+#[cfg(feature = "memcached")]
+pub fn memcached_record(bytes: &[u8]) {
+    let _ = crate::store::memcached::decode(bytes);
+}

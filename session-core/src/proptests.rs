@@ -663,23 +663,24 @@ fn expected<F: DeserializeOwned>(raw: Option<Arc<str>>, default: fn() -> F) -> F
         .unwrap_or_else(default)
 }
 
-/// Encodes `value` as the application's write would, loads it back, and touches it.
+/// Encodes `value` as the application's write would (the project's own `collect_field`, on a
+/// field that held the default), loads it back with `decode_field`, and touches it. Only the
+/// project's encoder and decoder are on the path: a value equal to the default is written as
+/// nothing, and nothing loads back as the default.
 fn round_trip<F>(value: &F) -> Result<(), TestCaseError>
 where
     F: Serialize + DeserializeOwned + Default + PartialEq + Debug,
 {
     let mut state = FieldState::NEW;
     state.touch(&F::default());
-    let mut out = Fields::new();
-    collect_field(value, "f", &mut state, &mut out).unwrap();
-    let stored = if out.is_empty() {
-        Fields::from([(
-            Arc::from("f"),
-            Arc::from(serde_json::to_string(value).unwrap()),
-        )])
-    } else {
-        out
-    };
+    let mut stored = Fields::new();
+    let written = collect_field(value, "f", &mut state, &mut stored).unwrap();
+    prop_assert_eq!(
+        written,
+        serde_json::to_string(value).ok() != serde_json::to_string(&F::default()).ok(),
+        "a field changed from the default to {:?}",
+        value
+    );
     let mut state = FieldState::NEW;
     let loaded: F = decode_field(&stored, &Fields::new(), "f", &mut state, F::default);
     prop_assert_eq!(&loaded, value, "stored as {:?}", stored.get("f"));
@@ -806,6 +807,124 @@ mod entry_points {
                 bytes
             },
         )
+    }
+
+    /// RESP replies to `HGETALL`: arrays and maps of bulk and simple strings naming the
+    /// store's time fields, session fields and metadata, with hostile lengths, nesting and
+    /// numbers, sometimes cut short.
+    #[cfg(feature = "redis")]
+    fn resp_reply() -> impl Strategy<Value = Vec<u8>> {
+        let now = crate::record::Timestamp::now().as_millis();
+        let text = prop_oneof![
+            select(&["\0created", "\0expires", "views", "\0meta", "", "\0"][..])
+                .prop_map(str::to_owned),
+            (now - 10_000..now + 100_000).prop_map(|n| n.to_string()),
+            select(&["-1", "1e3", "18446744073709551616", " 5", "x"][..]).prop_map(str::to_owned),
+            json_like(),
+        ];
+        let element = prop_oneof![
+            4 => text.clone().prop_map(|t| format!("${}\r\n{t}\r\n", t.len())),
+            1 => text.prop_map(|t| format!("+{}\r\n", t.replace(['\r', '\n'], ""))),
+            1 => select(&[
+                "$-1\r\n", "$99999999999\r\n", "$-5\r\n", ":12\r\n", "*1\r\n:1\r\n",
+                "_\r\n", "$3\r\nab\r\n", "-ERR no\r\n", "*-1\r\n",
+            ][..]).prop_map(str::to_owned),
+        ];
+        (
+            vec(element, 0..10),
+            any::<bool>(),
+            any::<bool>(),
+            any::<Index>(),
+        )
+            .prop_map(|(items, map, cut, at)| {
+                let head = if map {
+                    format!("%{}\r\n", items.len() / 2)
+                } else {
+                    format!("*{}\r\n", items.len())
+                };
+                let mut bytes = (head + &items.concat()).into_bytes();
+                if cut {
+                    bytes.truncate(at.index(bytes.len() + 1));
+                }
+                bytes
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config(400))]
+
+        #[cfg(feature = "redis")]
+        #[test]
+        fn redis_record_entry_point(bytes in prop_oneof![resp_reply(), vec(any::<u8>(), 0..200)]) {
+            fuzzing::redis_record(&bytes);
+        }
+
+        #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+        #[test]
+        fn sql_record_entry_point(
+            created in any::<i64>(),
+            expires in any::<i64>(),
+            data in prop_oneof![
+                vec(("[a-z]{0,3}", json_like()), 0..5).prop_map(|pairs| {
+                    let map: serde_json::Map<String, serde_json::Value> =
+                        pairs.into_iter().map(|(k, v)| (k, v.into())).collect();
+                    serde_json::Value::Object(map).to_string()
+                }),
+                json_like(),
+                vec(any::<u8>(), 0..100).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            ],
+        ) {
+            let mut bytes = created.to_le_bytes().to_vec();
+            bytes.extend(expires.to_le_bytes());
+            bytes.extend(data.as_bytes());
+            fuzzing::sql_record(&bytes);
+        }
+
+        #[cfg(feature = "memcached")]
+        #[test]
+        fn memcached_record_entry_point(
+            data in prop_oneof![
+                (select(&["1", "2", "-1", "\"1\""][..]), any::<i64>(), json_like(), json_like()).prop_map(
+                    |(v, t, e, f)| format!("{{\"v\":{v},\"created\":{t},\"expires\":{e},\"fields\":{f}}}")
+                ),
+                vec(any::<u8>(), 0..100).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            ],
+        ) {
+            fuzzing::memcached_record(data.as_bytes());
+        }
+    }
+
+    /// Every seed of every fuzz target (`fuzz/seeds/TARGET/*`) passes its target: the seeds
+    /// are the fuzzers' starting points and each was once a finding or a shape worth keeping.
+    #[test]
+    fn fuzz_seeds_pass_their_targets() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+        let mut ran = 0;
+        for target in std::fs::read_dir(&seeds).expect("fuzz/seeds exists") {
+            let target = target.unwrap().path();
+            let name = target.file_name().unwrap().to_string_lossy().into_owned();
+            let run: fn(&[u8]) = match name.as_str() {
+                "cookie_header" => fuzzing::cookie_header,
+                "field" => fuzzing::field,
+                #[cfg(feature = "file")]
+                "file_record" => fuzzing::file_record,
+                #[cfg(feature = "redis")]
+                "redis_record" => fuzzing::redis_record,
+                #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+                "sql_record" => fuzzing::sql_record,
+                #[cfg(feature = "memcached")]
+                "memcached_record" => fuzzing::memcached_record,
+                _ => continue,
+            };
+            for seed in std::fs::read_dir(&target).unwrap() {
+                let seed = seed.unwrap().path();
+                run(&std::fs::read(&seed).unwrap());
+                ran += 1;
+            }
+        }
+        assert!(ran >= 9, "only {ran} seeds ran");
+        #[cfg(feature = "file")]
+        let _ = std::fs::remove_dir_all(fuzzing::file_record_dir());
     }
 
     /// Run by hand rather than with `proptest!` so that the harness's folder is removed

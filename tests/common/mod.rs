@@ -102,6 +102,30 @@ impl Store for RecordingStore {
     }
 }
 
+/// The store key of the session named by a `sid=ID.SIG` cookie pair.
+pub fn store_key_of(pair: &str) -> StoreKey {
+    let value = pair.split_once('=').map_or(pair, |(_, value)| value);
+    session_core::SessionId::parse(&value[..32])
+        .expect("a session id in the cookie")
+        .store_key()
+}
+
+impl Call {
+    /// `load`, `touch`, `delete`, `create(a,b)`, `save merge(a)`, `save replace(a)`: the call
+    /// with the fields it wrote, sorted, and the save mode.
+    pub fn describe(&self) -> String {
+        let mut fields = self.fields.clone();
+        fields.sort();
+        let fields = fields.join(",");
+        match (self.op, self.mode) {
+            ("create", _) => format!("create({fields})"),
+            ("save", Some(SaveMode::Merge)) => format!("save merge({fields})"),
+            ("save", Some(SaveMode::Replace)) => format!("save replace({fields})"),
+            (op, _) => op.to_owned(),
+        }
+    }
+}
+
 /// A response, read whole.
 #[derive(Debug)]
 pub struct Reply {

@@ -398,7 +398,7 @@ impl Serialize for EncodedFields<'_> {
     }
 }
 
-fn decode(data: &[u8]) -> Result<Record, StoreError> {
+pub(crate) fn decode(data: &[u8]) -> Result<Record, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("memcached session record {what}"));
     let value: serde_json::Value =
         serde_json::from_slice(data).map_err(|e| corrupt(&format!("is not JSON: {e}")))?;
@@ -886,8 +886,19 @@ impl Connection {
         if len > MAX_VALUE_LEN {
             return Err(bad());
         }
-        let mut data = vec![0; len + 2];
-        self.stream.read_exact(&mut data).await?;
+        // Grown as the bytes arrive, not allocated at the size the header claims: a hostile or
+        // broken server must not make one header cost a gigabyte.
+        let mut data = Vec::with_capacity(len.min(64 * 1024) + 2);
+        (&mut self.stream)
+            .take(len as u64 + 2)
+            .read_to_end(&mut data)
+            .await?;
+        if data.len() < len + 2 {
+            return Err(CommandError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "memcached closed the connection inside a value",
+            )));
+        }
         if data.split_off(len) != b"\r\n" {
             return Err(CommandError::Protocol(
                 "value not followed by CRLF".to_owned(),

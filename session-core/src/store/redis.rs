@@ -539,7 +539,7 @@ fn cluster_nodes(spec: &str) -> Result<Vec<String>, StoreError> {
 }
 
 /// Reads an `HGETALL` reply: `None` for an absent or expired session.
-fn parse_record(reply: Value, now: Timestamp) -> Result<Option<Record>, StoreError> {
+pub(crate) fn parse_record(reply: Value, now: Timestamp) -> Result<Option<Record>, StoreError> {
     let pairs: Vec<(Value, Value)> = match reply {
         Value::Nil => return Ok(None),
         Value::Map(pairs) => pairs,
