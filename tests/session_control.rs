@@ -28,6 +28,22 @@ struct Visit {
     views: u32,
 }
 
+/// `/read` (reads `views`) and `/incr` (adds one), the routes most tests here start from.
+fn visit_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route(
+            "/read",
+            get(|v: Session<Visit>| async move { v.views().to_string() }),
+        )
+        .route(
+            "/incr",
+            get(|mut v: Session<Visit>| async move {
+                *v.views_mut() += 1;
+                "ok"
+            }),
+        )
+}
+
 const THIRTY_DAYS: u64 = 30 * 24 * 60 * 60;
 
 fn key_of(pair: &str) -> session_core::StoreKey {
@@ -130,23 +146,12 @@ async fn a_session_can_ask_for_a_browser_session_cookie() {
 #[tokio::test]
 async fn touch_extends_the_deadline_now_whatever_touch_after_says() {
     let store = RecordingStore::new();
-    let app = Router::new()
-        .route(
-            "/read",
-            get(|v: Session<Visit>| async move { v.views().to_string() }),
-        )
+    let app = visit_routes()
         .route(
             "/touch",
             get(|mut v: Session<Visit>| async move {
                 v.touch().await.unwrap();
                 "touched"
-            }),
-        )
-        .route(
-            "/incr",
-            get(|mut v: Session<Visit>| async move {
-                *v.views_mut() += 1;
-                "ok"
             }),
         )
         .layer(
@@ -173,23 +178,11 @@ async fn touch_extends_the_deadline_now_whatever_touch_after_says() {
 #[tokio::test]
 async fn the_cookie_follows_a_touch() {
     let store = RecordingStore::new();
-    let app = Router::new()
-        .route(
-            "/read",
-            get(|v: Session<Visit>| async move { v.views().to_string() }),
-        )
-        .route(
-            "/incr",
-            get(|mut v: Session<Visit>| async move {
-                *v.views_mut() += 1;
-                "ok"
-            }),
-        )
-        .layer(
-            SessionLayer::new(store.clone(), common::key())
-                .with_max_age(Duration::from_secs(60))
-                .with_touch_after(Duration::from_secs(1)),
-        );
+    let app = visit_routes().layer(
+        SessionLayer::new(store.clone(), common::key())
+            .with_max_age(Duration::from_secs(60))
+            .with_touch_after(Duration::from_secs(1)),
+    );
     let mut client = Client::new(app);
     client.get("/incr").await;
     // Within touch_after: no touch, no cookie.
@@ -249,14 +242,7 @@ async fn nested_routers_match_the_cookie_path_against_the_original_url() {
 #[tokio::test]
 async fn save_under_resave_writes_now() {
     let store = RecordingStore::new();
-    let app = Router::new()
-        .route(
-            "/incr",
-            get(|mut v: Session<Visit>| async move {
-                *v.views_mut() += 1;
-                "ok"
-            }),
-        )
+    let app = visit_routes()
         .route(
             "/save",
             get(
@@ -282,14 +268,7 @@ async fn save_under_resave_writes_now() {
 /// `id()` after `regenerate()` is the new id at once, and the cookie carries it.
 #[tokio::test]
 async fn id_after_regenerate_is_the_new_id() {
-    let app = Router::new()
-        .route(
-            "/incr",
-            get(|mut v: Session<Visit>| async move {
-                *v.views_mut() += 1;
-                "ok"
-            }),
-        )
+    let app = visit_routes()
         .route(
             "/login",
             get(|mut v: Session<Visit>| async move {
@@ -309,21 +288,13 @@ async fn id_after_regenerate_is_the_new_id() {
 }
 
 fn same_site_app(store: MemoryStore) -> Router {
-    Router::new()
-        .route(
-            "/incr",
-            get(|mut v: Session<Visit>| async move {
-                *v.views_mut() += 1;
-                "ok"
-            }),
-        )
-        .layer(
-            SessionLayer::new(store, common::key())
-                .with_same_site(SameSite::Auto)
-                .with_priority(Priority::High)
-                .check()
-                .unwrap(),
-        )
+    visit_routes().layer(
+        SessionLayer::new(store, common::key())
+            .with_same_site(SameSite::Auto)
+            .with_priority(Priority::High)
+            .check()
+            .unwrap(),
+    )
 }
 
 /// `SameSite::Auto`: `None` with `Secure` on a secure request, `Lax` without `Secure` on plain
@@ -371,15 +342,7 @@ async fn custom_id_generators_are_used_and_weak_ones_refused() {
         })
         .check()
         .unwrap();
-    let app = Router::new()
-        .route(
-            "/incr",
-            get(|mut v: Session<Visit>| async move {
-                *v.views_mut() += 1;
-                "ok"
-            }),
-        )
-        .layer(layer);
+    let app = visit_routes().layer(layer);
     let reply = send(&app, get_req("/incr", None)).await;
     let expected = SessionId::from_bytes(*last.lock().unwrap());
     assert!(reply
@@ -455,18 +418,7 @@ async fn events_and_metrics_report_every_step() {
         .with_touch_after(Duration::ZERO)
         .with_events(events.clone());
     let metrics = layer.metrics();
-    let app = Router::new()
-        .route(
-            "/read",
-            get(|v: Session<Visit>| async move { v.views().to_string() }),
-        )
-        .route(
-            "/incr",
-            get(|mut v: Session<Visit>| async move {
-                *v.views_mut() += 1;
-                "ok"
-            }),
-        )
+    let app = visit_routes()
         .route(
             "/login",
             get(|mut v: Session<Visit>| async move {
@@ -528,14 +480,7 @@ async fn events_and_metrics_report_every_step() {
 async fn a_session_ended_elsewhere_is_reported() {
     let store = MemoryStore::new();
     let events = Arc::new(EventLog::default());
-    let app = Router::new()
-        .route(
-            "/incr",
-            get(|mut v: Session<Visit>| async move {
-                *v.views_mut() += 1;
-                "ok"
-            }),
-        )
+    let app = visit_routes()
         .route(
             "/save-after-delete",
             get(
