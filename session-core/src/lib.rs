@@ -58,6 +58,11 @@
 //! clients (`X-Session-Token` or `Authorization: Bearer`); `Secure::Auto` believes only the
 //! connection and the proxies you trust by address. See [`transport`].
 //!
+//! # CSRF tokens
+//!
+//! Sessions are where CSRF tokens live: keep an `Option<`[`csrf::CsrfToken`]`>` field, put it
+//! in every form, and [`csrf::verify`] it before a POST changes anything. See [`csrf`].
+//!
 //! # Features
 //!
 //! - `axum` (default): the layer and the extractor.
@@ -74,6 +79,7 @@ mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod cookie;
+pub mod csrf;
 mod data;
 mod error;
 pub mod events;
