@@ -10,7 +10,7 @@
 //! `memory`), `SESSION_CACHE` (an in-process cache in front of the store, e.g. `1s`),
 //! `SESSION_TRANSPORT`, `SESSION_TRUSTED_PROXIES`, `RUST_LOG` (default `info`).
 
-use typed_sessions::{shop, serve};
+use typed_sessions::{serve, shop};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

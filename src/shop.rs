@@ -303,8 +303,14 @@ async fn add_to_cart(mut shopper: Session<Shopper>, Form(form): Form<AddForm>) -
     let Some(product) = product(&form.slug) else {
         return (StatusCode::UNPROCESSABLE_ENTITY, "no such product").into_response();
     };
-    *shopper.cart_mut().entry(product.slug.to_owned()).or_default() += 1;
-    set_flash(&mut shopper, format!("Added {} to your cart.", product.name));
+    *shopper
+        .cart_mut()
+        .entry(product.slug.to_owned())
+        .or_default() += 1;
+    set_flash(
+        &mut shopper,
+        format!("Added {} to your cart.", product.name),
+    );
     Redirect::to("/").into_response()
 }
 

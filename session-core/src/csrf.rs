@@ -181,15 +181,15 @@ mod tests {
             Err(CsrfError::Mismatch)
         );
         let prefix = &token.as_str()[..10];
-        assert_eq!(
-            verify(Some(&token), Some(prefix)),
-            Err(CsrfError::Mismatch)
-        );
+        assert_eq!(verify(Some(&token), Some(prefix)), Err(CsrfError::Mismatch));
     }
 
     #[test]
     fn a_session_without_a_token_accepts_nothing() {
-        assert_eq!(verify(None, Some("anything")), Err(CsrfError::NoSessionToken));
+        assert_eq!(
+            verify(None, Some("anything")),
+            Err(CsrfError::NoSessionToken)
+        );
     }
 
     #[test]
