@@ -170,8 +170,10 @@ struct CsrfOnly {
     csrf: Option<String>,
 }
 
-fn check_csrf(shopper: &Session<Shopper>, submitted: Option<&str>) -> Result<(), Response> {
-    csrf::verify(shopper.csrf().as_ref(), submitted).map_err(|error| {
+/// The `403` page for a form post without this session's token, or `None` when the token is
+/// right. Handlers call it before changing anything.
+fn csrf_refusal(shopper: &Session<Shopper>, submitted: Option<&str>) -> Option<Response> {
+    csrf::verify(shopper.csrf().as_ref(), submitted).err().map(|error| {
         tracing::info!(%error, "refused a form post");
         (
             StatusCode::FORBIDDEN,
@@ -297,7 +299,7 @@ struct AddForm {
 }
 
 async fn add_to_cart(mut shopper: Session<Shopper>, Form(form): Form<AddForm>) -> Response {
-    if let Err(refused) = check_csrf(&shopper, form.csrf.as_deref()) {
+    if let Some(refused) = csrf_refusal(&shopper, form.csrf.as_deref()) {
         return refused;
     }
     let Some(product) = product(&form.slug) else {
@@ -350,7 +352,7 @@ async fn cart(mut shopper: Session<Shopper>) -> Response {
 }
 
 async fn clear_cart(mut shopper: Session<Shopper>, Form(form): Form<CsrfOnly>) -> Response {
-    if let Err(refused) = check_csrf(&shopper, form.csrf.as_deref()) {
+    if let Some(refused) = csrf_refusal(&shopper, form.csrf.as_deref()) {
         return refused;
     }
     shopper.cart_mut().clear();
@@ -385,7 +387,7 @@ struct LoginForm {
 }
 
 async fn login(mut shopper: Session<Shopper>, Form(form): Form<LoginForm>) -> Response {
-    if let Err(refused) = check_csrf(&shopper, form.csrf.as_deref()) {
+    if let Some(refused) = csrf_refusal(&shopper, form.csrf.as_deref()) {
         return refused;
     }
     let name = form.name.trim();
@@ -439,7 +441,7 @@ async fn account(mut shopper: Session<Shopper>) -> Response {
 }
 
 async fn logout(mut shopper: Session<Shopper>, Form(form): Form<CsrfOnly>) -> Response {
-    if let Err(refused) = check_csrf(&shopper, form.csrf.as_deref()) {
+    if let Some(refused) = csrf_refusal(&shopper, form.csrf.as_deref()) {
         return refused;
     }
     shopper.destroy();

@@ -189,6 +189,40 @@ async fn path_of(browser: &Client) -> String {
     browser.current_url().await.unwrap().path().to_owned()
 }
 
+/// Clicks what `css` finds and waits for the next page to load: WebDriver's click returns
+/// without waiting for a form's navigation.
+async fn click_and_wait(browser: &Client, css: &str) {
+    browser
+        .execute("window.__before_click = true", vec![])
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+        .click()
+        .await
+        .unwrap();
+    wait_for_new_page(browser).await;
+}
+
+/// Waits until the page marked with `window.__before_click` has been replaced and loaded.
+async fn wait_for_new_page(browser: &Client) {
+    for _ in 0..200 {
+        let loaded = browser
+            .execute(
+                "return window.__before_click === undefined && document.readyState === 'complete'",
+                vec![],
+            )
+            .await;
+        if matches!(loaded, Ok(serde_json::Value::Bool(true))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no new page within 10 s");
+}
+
 async fn log_in(rig: &Rig, browser: &Client, name: &str, remember: bool) {
     browser.goto(&rig.url("/login")).await.unwrap();
     browser
@@ -207,26 +241,14 @@ async fn log_in(rig: &Rig, browser: &Client, name: &str, remember: bool) {
             .await
             .unwrap();
     }
-    browser
-        .find(Locator::Id("login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_and_wait(browser, "#login-submit").await;
     assert_eq!(path_of(browser).await, "/account");
     assert_eq!(text(browser, "#user").await, name);
 }
 
 async fn add_to_cart(rig: &Rig, browser: &Client, slug: &str) {
     browser.goto(&rig.url("/")).await.unwrap();
-    browser
-        .find(Locator::Css(&format!("#product-{slug} button")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_and_wait(browser, &format!("#product-{slug} button")).await;
     assert_eq!(path_of(browser).await, "/");
 }
 
@@ -403,13 +425,7 @@ async fn after_logout_back_and_reload_show_no_private_data() {
     browser.goto(&rig.url("/account")).await.unwrap();
     assert_eq!(text(&browser, "#account-name").await, "Grace");
 
-    browser
-        .find(Locator::Id("logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_and_wait(&browser, "#logout").await;
     assert_eq!(path_of(&browser).await, "/");
     assert!(exists(&browser, "#login-link").await);
 
@@ -460,18 +476,15 @@ async fn a_form_post_without_its_csrf_token_is_refused_and_changes_nothing() {
     // The page's own form, submitted by the browser without its token.
     browser
         .execute(
-            "const form = document.querySelector('#product-sencha form');
+            "window.__before_click = true;
+             const form = document.querySelector('#product-sencha form');
              form.querySelector('input[name=_csrf]').remove();
              form.submit();",
             vec![],
         )
         .await
         .unwrap();
-    browser
-        .wait()
-        .for_element(Locator::Css("h1"))
-        .await
-        .unwrap();
+    wait_for_new_page(&browser).await;
     assert_eq!(text(&browser, "h1").await, "This form has expired");
     screenshot(&browser, "shop-csrf-refused").await;
 
