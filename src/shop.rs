@@ -36,9 +36,8 @@ use serde::Deserialize;
 use session_core::csrf::{self, CsrfToken};
 use session_core::store::Store;
 use session_core::{Key, Session, SessionLayer};
-use tower_http::timeout::TimeoutLayer;
 
-use crate::counter::{REMEMBER_ME, REQUEST_TIMEOUT};
+use crate::counter::{self, REMEMBER_ME};
 
 /// How long a session may go unused before the server ends it (the cookie itself, without
 /// "remember me", ends with the browser).
@@ -140,10 +139,7 @@ pub fn app(store: Arc<dyn Store>, key: Key) -> Router {
 
 /// The shop's routes behind `layer`, inside the counter app's request timeout.
 pub fn app_with(layer: SessionLayer) -> Router {
-    routes().layer(layer).layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        REQUEST_TIMEOUT,
-    ))
+    counter::within_request_timeout(routes().layer(layer))
 }
 
 /// The shop's session layer: a browser-session cookie (no `Max-Age` unless "remember me"

@@ -246,6 +246,14 @@ async fn log_in(rig: &Rig, browser: &Client, name: &str, remember: bool) {
     assert_eq!(text(browser, "#user").await, name);
 }
 
+/// A rig and a browser signed in as `name` (without "remember me"), or `None` when skipping.
+async fn signed_in(name: &str) -> Option<(Rig, Client)> {
+    let rig = Rig::start().await?;
+    let browser = rig.browser().await;
+    log_in(&rig, &browser, name, false).await;
+    Some((rig, browser))
+}
+
 async fn add_to_cart(rig: &Rig, browser: &Client, slug: &str) {
     browser.goto(&rig.url("/")).await.unwrap();
     click_and_wait(browser, &format!("#product-{slug} button")).await;
@@ -311,11 +319,9 @@ async fn cart_survives_reloads_and_each_flash_shows_once() {
 
 #[tokio::test]
 async fn scripts_cannot_read_the_http_only_session_cookie() {
-    let Some(rig) = Rig::start().await else {
+    let Some((_rig, browser)) = signed_in("Ada").await else {
         return;
     };
-    let browser = rig.browser().await;
-    log_in(&rig, &browser, "Ada", false).await;
 
     let cookies = browser.get_all_cookies().await.unwrap();
     let sid = cookies
@@ -412,11 +418,9 @@ async fn with_remember_me_closing_the_browser_keeps_the_login() {
 
 #[tokio::test]
 async fn after_logout_back_and_reload_show_no_private_data() {
-    let Some(rig) = Rig::start().await else {
+    let Some((rig, browser)) = signed_in("Grace").await else {
         return;
     };
-    let browser = rig.browser().await;
-    log_in(&rig, &browser, "Grace", false).await;
     add_to_cart(&rig, &browser, "oolong").await;
     assert_eq!(
         cart_lines(&rig, &browser).await,
@@ -466,11 +470,9 @@ async fn post_status(browser: &Client, path: &str, body: &str) -> u16 {
 
 #[tokio::test]
 async fn a_form_post_without_its_csrf_token_is_refused_and_changes_nothing() {
-    let Some(rig) = Rig::start().await else {
+    let Some((rig, browser)) = signed_in("Ada").await else {
         return;
     };
-    let browser = rig.browser().await;
-    log_in(&rig, &browser, "Ada", false).await;
     browser.goto(&rig.url("/")).await.unwrap();
 
     // The page's own form, submitted by the browser without its token.
