@@ -71,8 +71,17 @@ impl Rig {
             (Some(chromium), Some(chromedriver)) => (chromium, chromedriver),
             _ => {
                 let reason = "chromium and chromedriver are not both on PATH (apt-get install chromium chromium-driver)";
-                common::server_or_skip::<(), _>("a headless browser", Err(reason))?;
-                unreachable!("server_or_skip returns None or panics on an error");
+                assert!(
+                    !common::servers_required(),
+                    "a headless browser is required (SESSIONS_REQUIRE_SERVERS=1): {reason}"
+                );
+                // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipping: {reason}; set SESSIONS_REQUIRE_SERVERS=1 to make this a failure"
+                );
+                return None;
             }
         };
 
