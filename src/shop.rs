@@ -171,14 +171,17 @@ struct CsrfOnly {
 fn csrf_refusal(shopper: &Session<Shopper>, submitted: Option<&str>) -> Option<Response> {
     csrf::verify(shopper.csrf().as_ref(), submitted).err().map(|error| {
         tracing::info!(%error, "refused a form post");
+        // The header as on any page, but nothing taken or issued: a refusal changes nothing.
+        let token = shopper.csrf().as_ref().map(CsrfToken::as_str);
+        let user = shopper.user().as_deref().zip(token);
         (
             StatusCode::FORBIDDEN,
             no_store(),
             Html(
                 page_shell(
                     "Forbidden",
-                    None,
-                    0,
+                    user,
+                    shopper.cart().values().sum(),
                     None,
                     html! {
                         h1 { "This form has expired" }

@@ -497,6 +497,7 @@ async fn a_form_post_without_its_csrf_token_is_refused_and_changes_nothing() {
         .unwrap();
     wait_for_new_page(&browser).await;
     assert_eq!(text(&browser, "h1").await, "This form has expired");
+    assert_eq!(text(&browser, "#user").await, "Ada", "still signed in");
     screenshot(&browser, "shop-csrf-refused").await;
 
     // Replays of the same post: without a token, with a wrong one, and a logout without one.
