@@ -11,7 +11,7 @@
 //! | `GET /login` | the login form (name, "remember me") |
 //! | `POST /login` (`name`, optional `remember=1`, `_csrf`) | new session id, flash, `303` to `/account`; "remember me" keeps the cookie 30 days |
 //! | `GET /account` | who is signed in (`303` to `/login` when nobody is) |
-//! | `POST /logout` (`_csrf`) | destroys the session, `303` to `/` |
+//! | `POST /logout` (`_csrf`) | destroys the session, `303` to `/?signed-out` (which says so) |
 //! | `GET /style.css` | the stylesheet |
 //!
 //! Every POST without the session's CSRF token gets `403` and changes nothing. Every page
@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Form;
+use axum::extract::{Form, RawQuery};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -148,6 +148,9 @@ pub fn layer(store: Arc<dyn Store>, key: Key) -> SessionLayer {
     SessionLayer::from_arc(store, key).with_idle_timeout(IDLE_TIMEOUT)
 }
 
+/// The query string of the page a logout leads to.
+const SIGNED_OUT: &str = "signed-out";
+
 /// Leaves a message for the next page.
 fn set_flash(shopper: &mut Session<Shopper>, message: String) {
     shopper.set_flash(Some(message));
@@ -262,7 +265,11 @@ fn price(cents: u32) -> String {
     format!("€{}.{:02}", cents / 100, cents % 100)
 }
 
-async fn catalogue(mut shopper: Session<Shopper>) -> Response {
+async fn catalogue(mut shopper: Session<Shopper>, RawQuery(query): RawQuery) -> Response {
+    // Logout destroys the session, so its message travels in the URL instead.
+    if query.as_deref() == Some(SIGNED_OUT) {
+        set_flash(&mut shopper, "You are signed out.".to_owned());
+    }
     let token = CsrfToken::issue(shopper.csrf_mut()).as_str().to_owned();
     let body = html! {
         section.hero {
@@ -444,7 +451,7 @@ async fn logout(mut shopper: Session<Shopper>, Form(form): Form<CsrfOnly>) -> Re
         return refused;
     }
     shopper.destroy();
-    Redirect::to("/").into_response()
+    Redirect::to(&format!("/?{SIGNED_OUT}")).into_response()
 }
 
 async fn stylesheet() -> Response {

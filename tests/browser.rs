@@ -440,6 +440,7 @@ async fn after_logout_back_and_reload_show_no_private_data() {
 
     click_and_wait(&browser, "#logout").await;
     assert_eq!(path_of(&browser).await, "/");
+    assert_eq!(text(&browser, "#flash").await, "You are signed out.");
     assert!(exists(&browser, "#login-link").await);
 
     // Back to the account page, then to the cart, each also reloaded.

@@ -122,6 +122,7 @@ async fn logout_ends_the_session() {
     let reply = client.post("/logout", &format!("_csrf={token}")).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert!(reply.set_cookie("sid").unwrap().contains("Max-Age=0"));
+    assert_eq!(reply.headers.get(header::LOCATION).unwrap(), "/?signed-out");
     let reply = client.get("/account").await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(reply.headers.get(header::LOCATION).unwrap(), "/login");
