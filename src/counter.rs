@@ -8,7 +8,8 @@
 //! | `GET /me` | `user: NAME` or `user: none` |
 //! | `POST /cart` (`item=...`) | adds to the cart, `303` to `/cart` |
 //! | `GET /cart` | the cart, one item per line |
-//! | `POST /logout` | destroys the session, `303` to `/` |
+//! | `POST /logout` | destroys the session, `303` to `/`; a new session holds the flash `Signed out` |
+//! | `GET /flash` | `flash: TEXT` once after login (`Welcome, NAME`) or logout (`Signed out`), then `flash: none` |
 //!
 //! The session token travels in the `sid` cookie, or, with `SESSION_TRANSPORT=header` (or
 //! `both`), in the `X-Session-Token` header: the first response carries it, and a client
@@ -41,6 +42,9 @@ pub struct Visit {
     user: Option<String>,
     views: u32,
     cart: Vec<String>,
+    /// A message for the next request: `Welcome, NAME` after login, `Signed out` after logout.
+    #[session(flash)]
+    flash: Option<String>,
 }
 
 /// The app's routes, without the session layer.
@@ -52,6 +56,7 @@ pub fn routes() -> Router {
         .route("/me", get(me))
         .route("/cart", get(cart).post(add_to_cart))
         .route("/logout", post(logout))
+        .route("/flash", get(flash))
 }
 
 /// The app with sessions in `store`, as the example serves it by default.
@@ -312,6 +317,7 @@ async fn login(mut visit: Session<Visit>, Form(form): Form<LoginForm>) -> Respon
     // A new id at login defeats session fixation; the visit count and cart stay.
     visit.regenerate();
     visit.set_user(Some(name.to_owned()));
+    visit.set_flash(Some(format!("Welcome, {name}")));
     if form.remember.as_deref() == Some("1") {
         visit.set_cookie_max_age(Some(REMEMBER_ME));
     }
@@ -354,5 +360,14 @@ async fn cart(visit: Session<Visit>) -> Response {
 
 async fn logout(mut visit: Session<Visit>) -> Redirect {
     visit.destroy();
+    // Written after `destroy()`: a new session holding only the message.
+    visit.set_flash(Some("Signed out".to_owned()));
     Redirect::to("/")
+}
+
+async fn flash(visit: Session<Visit>) -> String {
+    match visit.flash() {
+        Some(message) => format!("flash: {message}"),
+        None => "flash: none".to_owned(),
+    }
 }

@@ -88,17 +88,38 @@ async fn cart_keeps_items_in_order() {
 }
 
 #[tokio::test]
-async fn logout_destroys_the_session_and_clears_the_cookie() {
+async fn logout_destroys_the_session_and_leaves_only_a_signed_out_flash() {
     let (mut client, store) = client();
     client.post("/login", "name=ada").await;
     client.post("/cart", "item=tea").await;
+    let old = client.cookie.clone().unwrap();
     let reply = client.post("/logout", "").await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
-    assert!(reply.set_cookie("sid").unwrap().contains("Max-Age=0"));
-    assert!(store.is_empty());
-    assert!(client.cookie.is_none());
+    // The cookie is replaced by that of a new session holding only the message.
+    let new = reply.cookie_pair("sid").unwrap();
+    assert_ne!(new, old);
+    assert_eq!(
+        store.len(),
+        1,
+        "the old record is gone, the flash session stored"
+    );
+    assert_eq!(client.get("/flash").await.body, "flash: Signed out");
+    assert_eq!(client.get("/flash").await.body, "flash: none");
     assert_eq!(client.get("/me").await.body, "user: none");
-    assert_eq!(client.get("/").await.body, "You visited 1 times");
+    assert_eq!(client.get("/cart").await.body, "");
+    // The old cookie leads nowhere.
+    let stale = send(&client.app, get_req("/me", Some(&old))).await;
+    assert_eq!(stale.body, "user: none");
+}
+
+#[tokio::test]
+async fn login_leaves_a_welcome_flash_shown_once() {
+    let (mut client, _) = client();
+    assert_eq!(client.get("/flash").await.body, "flash: none");
+    client.post("/login", "name=ada").await;
+    assert_eq!(client.get("/flash").await.body, "flash: Welcome, ada");
+    assert_eq!(client.get("/flash").await.body, "flash: none");
+    assert_eq!(client.get("/me").await.body, "user: ada");
 }
 
 #[tokio::test]
@@ -212,8 +233,17 @@ async fn header_transport_logs_in_and_out() {
             .unwrap(),
     )
     .await;
-    assert_eq!(logout.headers["x-session-token"], "");
-    assert!(store.is_empty());
+    // The old session is gone; a new one holds the "Signed out" flash, under a new token.
+    let flash_token = logout.headers["x-session-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(!flash_token.is_empty() && flash_token != after);
+    assert_eq!(store.len(), 1);
+    client.token = Some(after);
+    assert_eq!(client.get("/me").await.body, "user: none");
+    client.token = Some(flash_token);
+    assert_eq!(client.get("/flash").await.body, "flash: Signed out");
 }
 
 #[test]

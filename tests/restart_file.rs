@@ -52,8 +52,8 @@ async fn a_logged_out_session_stays_gone_after_a_restart() {
     drop(before);
     assert_eq!(
         session_files(dir.path()),
-        0,
-        "logout removed the session file"
+        1,
+        "logout removed the session's file; only the \"Signed out\" flash session is left"
     );
 
     // Replaying the old cookie after the restart finds nothing.

@@ -66,6 +66,10 @@ async fn a_logged_out_session_stays_gone_after_a_restart() {
 
     // Replaying the old cookie after the restart finds nothing.
     let (mut after, store) = start(&url).await;
-    assert_eq!(rows(&store).await, 0, "logout deleted the row");
+    assert_eq!(
+        rows(&store).await,
+        1,
+        "logout deleted the row; only the \"Signed out\" flash session is left"
+    );
     restart::assert_logged_out(&mut after, logged_in).await;
 }

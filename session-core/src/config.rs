@@ -204,7 +204,7 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("absolute_timeout", self.absolute_timeout),
         ] {
-            if value.is_some_and(|d| d < Duration::from_secs(1)) {
+            if value.is_some_and(|d| d.is_zero()) {
                 return Err(ConfigError::Timeout(name));
             }
         }
@@ -362,7 +362,7 @@ pub enum ConfigError {
     /// The lock lease is not longer than the lock wait.
     #[error("the session lock lease must be longer than the time a request waits for the lock")]
     LockLease,
-    /// A timeout is shorter than one second.
-    #[error("`{0}` must be at least one second")]
+    /// A timeout is zero.
+    #[error("`{0}` must be longer than zero")]
     Timeout(&'static str),
 }

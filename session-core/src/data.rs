@@ -50,6 +50,12 @@ pub trait SessionView: Send + Sized + 'static {
     /// The stored key of every field, in declaration order.
     const KEYS: &'static [&'static str];
 
+    /// The struct's `#[session(namespace = "...")]`: its keys are `namespace.key`.
+    const NAMESPACE: Option<&'static str> = None;
+
+    /// The stored keys of its `#[session(flash)]` fields.
+    const FLASH: &'static [&'static str] = &[];
+
     /// Decodes the view from stored fields, with pending (not yet saved) values taking
     /// precedence. Missing fields take their default; fields that fail to decode take their
     /// default and log a warning, and their stored value is left alone until written.

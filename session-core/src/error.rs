@@ -36,9 +36,19 @@ pub enum SessionError {
     /// The store reported a collision for every fresh id tried.
     #[error("could not find an unused session id")]
     IdCollision,
-    /// A second `Session` was extracted while the first was still alive in the same request.
-    #[error("the session was extracted twice at once in one request; take it once per handler")]
-    AlreadyExtracted,
+    /// Two `Session` views alive at once in one request changed the same stored key: the one
+    /// checked in later would silently overwrite the other, so the request fails instead and
+    /// nothing it changed is written. Give one of the structs a `namespace`, or let one view
+    /// go (drop it, or `save()` it) before the other is taken.
+    #[error("two live session views changed the stored key `{key}`: {first} and then {second}; namespace one of the structs, or drop or save the first view before taking the second")]
+    Conflict {
+        /// The stored key both changed.
+        key: String,
+        /// The struct whose view checked in its change first.
+        first: &'static str,
+        /// The struct whose view checked in its change second.
+        second: &'static str,
+    },
     /// The session ended while this request used it: another request destroyed it (a
     /// logout) or regenerated it (a login), or it expired. The store had no record to write
     /// over, so nothing was written: only a new session is ever created. The session now
@@ -51,9 +61,14 @@ pub enum SessionError {
         "the session has ended (destroyed, regenerated or expired elsewhere); nothing was written"
     )]
     Ended,
-    /// The extractor ran on a request that did not pass through `SessionLayer`.
-    #[error("`Session` was extracted on a route without `SessionLayer`, or outside the layer's cookie path")]
+    /// The extractor ran on a request that did not pass through `SessionLayer`: a programming
+    /// error. The client gets a plain 500.
+    #[error("`Session` was extracted on a route without `SessionLayer`: add `.layer(SessionLayer::new(store, key))` to the router (below the routes that take a session), or take `Option<Session<T>>` where a session is optional")]
     MissingLayer,
+    /// The request is outside the layer's cookie path (`with_path`): the browser would not
+    /// send the cookie there, so there is no session.
+    #[error("`Session` was extracted on a path outside the session cookie's path; take `Option<Session<T>>` there, or widen `with_path`")]
+    OutsidePath,
 }
 
 impl SessionError {

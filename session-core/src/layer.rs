@@ -442,6 +442,10 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
     response
 }
 
+/// Left in the extensions of a request the layer saw outside its cookie path.
+#[derive(Clone, Copy)]
+pub(crate) struct OutsidePath;
+
 /// The handle the extractor finds in the request's extensions.
 #[derive(Clone)]
 pub(crate) struct SessionHandle(pub(crate) Arc<RequestState>, pub(crate) Delivery);
@@ -475,6 +479,10 @@ where
                 .insert(SessionHandle(state.clone(), delivery));
             (state, delivery)
         });
+        if state.is_none() {
+            // Tells the extractor "no session here" apart from "no layer at all".
+            request.extensions_mut().insert(OutsidePath);
+        }
         ResponseFuture {
             inner: self.inner.call(request),
             state,
@@ -514,7 +522,9 @@ fn append_cookie(
         cookie = cookie.domain(domain.as_str());
     }
     if let Some(max_age) = max_age {
-        let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX / 2);
+        // Whole seconds, rounded up: a 500 ms lifetime is `Max-Age=1`, not a deleting 0.
+        let whole = max_age.as_secs() + u64::from(max_age.subsec_nanos() > 0);
+        let seconds = i64::try_from(whole).unwrap_or(i64::MAX / 2);
         let age = cookie::time::Duration::seconds(seconds);
         let expires = if seconds == 0 {
             OffsetDateTime::UNIX_EPOCH
@@ -542,7 +552,7 @@ fn append_cookie(
 
 pub(crate) fn error_response(config: &Config, error: &SessionError) -> Response {
     let status = match error {
-        SessionError::MissingLayer | SessionError::AlreadyExtracted => {
+        SessionError::MissingLayer | SessionError::OutsidePath | SessionError::Conflict { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
         // A client can grow its own session (a cart, say): that is its request's fault.

@@ -34,12 +34,9 @@
 //! For each field `name: T` the session has `name() -> &T`, `name_mut() -> &mut T` and
 //! `set_name(T)`. Accessors are inherent methods of a generated view that `Session<Visit>`
 //! derefs to, so no trait import is needed, a misspelt field is a compile error, and a
-//! non-`mut` binding cannot mutate. Field attributes:
-//!
-//! - `#[session(rename = "key")]`: the key the field is stored under;
-//! - `#[session(default = path)]`: a function giving the value when the store has none.
-//!
-//! A struct attribute `#[session(crate = "path")]` names this crate when it is re-exported.
+//! non-`mut` binding cannot mutate. The attributes are documented on
+//! [the derive](derive@Session); recipes for composed apps (middleware, several structs,
+//! namespaces, flash messages, optional sessions, testing) are in [`cookbook`].
 //!
 //! # Saving precisely
 //!
@@ -78,6 +75,8 @@
 mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "axum")]
+pub mod cookbook;
 mod cookie;
 pub mod csrf;
 mod data;
@@ -118,6 +117,51 @@ pub use crate::store::{Store, StoreError};
 pub use crate::transport::{TlsConnection, TokenHeader, Transport};
 
 /// Derives [`SessionData`] and the typed accessors of [`Session<T>`](struct@Session).
+///
+/// For each field `name: T`, `Session<Struct>` gets `name() -> &T`, `name_mut() -> &mut T`
+/// (marks the field; it is written only if its encoding changes) and `set_name(T)`, with the
+/// field's visibility. They appear in your crate's `cargo doc` on the generated view type,
+/// `__Struct_SessionView`, which `Session<Struct>` derefs to.
+///
+/// # Struct attributes
+///
+/// - `#[session(namespace = "prefs")]`: every field is stored under `prefs.<key>`, so no other
+///   struct can read or overwrite it, and `clear()` clears only this namespace. A name of
+///   letters, digits, `_` and `-`. Without it, structs share keys on purpose (`Auth.user` and
+///   `Visit.user` are one value).
+/// - `#[session(crate = "path")]`: where generated code finds this crate, when it is
+///   re-exported under another name.
+///
+/// # Field attributes
+///
+/// - `#[session(rename = "key")]`: the key the field is stored under (default: its name).
+///   Keys starting with `session-core:` are reserved.
+/// - `#[session(default = path)]` (or `"path"`): a function giving the value when the store
+///   has none; without it, `Default::default()`.
+/// - `#[session(flash)]`, on an `Option<T>` field: a flash message. A value set in one request
+///   is readable in it and in the next, and removed at the end of the next, read or not; it
+///   survives `regenerate`, and a value set after `destroy()` rides the new session.
+///
+/// Field names that `Session` itself uses (`id`, `data`, `regenerate`, `clear`, `destroy`,
+/// `reload`, `save`, `touch`, `cookie_max_age`, ...) are refused: keep the stored key with
+/// `rename` and choose another Rust name.
+///
+/// ```
+/// use session_core::Session;
+///
+/// #[derive(Session)]
+/// #[session(namespace = "shop")]
+/// struct Shop {
+///     #[session(rename = "items", default = starter_cart)]
+///     cart: Vec<String>,
+///     #[session(flash)]
+///     notice: Option<String>,
+/// }
+///
+/// fn starter_cart() -> Vec<String> {
+///     vec!["welcome-gift".to_owned()]
+/// }
+/// ```
 pub use session_derive::Session;
 
 /// What generated code uses. Not public API.

@@ -58,8 +58,17 @@ pub(crate) struct RequestState {
 struct Inner {
     /// A `Session<T>` was extracted during this request.
     extracted: bool,
-    /// One is extracted right now.
-    checked_out: bool,
+    /// How many views are alive right now.
+    live_views: usize,
+    /// Check-ins that changed something, counted: a view remembers the count when it is
+    /// handed out, to tell which keys other views changed since.
+    check_ins: u64,
+    /// For each key a check-in changed: at which check-in, and by which struct.
+    changed_by: std::collections::HashMap<Arc<str>, (u64, &'static str)>,
+    /// Two live views changed one key: the request fails rather than lose one change.
+    conflict: Option<SessionError>,
+    /// Flash keys that came from the store with a value: they are consumed at the end.
+    flash_loaded: std::collections::BTreeSet<&'static str>,
     /// The store has been asked for the cookie's session.
     loaded: bool,
     /// The session's id, once it has one in the store.
@@ -218,8 +227,17 @@ impl RequestState {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.call_within(self.config.store_timeout, call).await
+    }
+
+    /// Runs a store call under `limit`, if there is one.
+    async fn call_within<T>(
+        &self,
+        limit: Option<Duration>,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
-        let result = match self.config.store_timeout {
+        let result = match limit {
             None => call.await,
             Some(limit) => {
                 let mut call = std::pin::pin!(call);
@@ -283,8 +301,11 @@ impl RequestState {
                 .ok_or(SessionError::LockTimeout(lock.wait))?;
             self.lock().held_local = Some(local);
             let left = lock.wait.saturating_sub(started.elapsed());
+            // Waiting for the lock may take up to `wait`: the store timeout bounds the store's
+            // answers on top of that, not the wait itself.
+            let limit = self.config.store_timeout.map(|t| t.saturating_add(left));
             let held = self
-                .call(self.config.store.lock(&key, lock.lease, left))
+                .call_within(limit, self.config.store.lock(&key, lock.lease, left))
                 .await?
                 .ok_or(SessionError::LockTimeout(lock.wait))?;
             self.lock().held = Some(held);
@@ -319,27 +340,45 @@ impl RequestState {
         Ok(())
     }
 
-    /// Hands out the typed view. Only one may be out at a time.
-    pub(crate) fn check_out<V: SessionView>(&self) -> Result<V, SessionError> {
+    /// Hands out a typed view of the request's one session, with what earlier views checked
+    /// in; any number may be alive at once. Returns it with the check-in count it saw.
+    pub(crate) fn check_out<V: SessionView>(&self) -> (V, u64) {
         let mut inner = self.lock();
-        if inner.checked_out {
-            return Err(SessionError::AlreadyExtracted);
-        }
-        inner.checked_out = true;
+        inner.live_views += 1;
         inner.extracted = true;
-        Ok(inner.view())
+        // Flash values that came from the store are consumed at the end of this request.
+        if !inner.saved && !inner.id_issued && !inner.destroy {
+            if let Some(record) = &inner.record {
+                let loaded: Vec<&'static str> = V::FLASH
+                    .iter()
+                    .copied()
+                    .filter(|key| record.fields.get(*key).is_some_and(|v| &**v != "null"))
+                    .collect();
+                inner.flash_loaded.extend(loaded);
+            }
+        }
+        (inner.view(), inner.check_ins)
     }
 
-    /// Takes the view's changes back.
-    pub(crate) fn check_in<V: SessionView>(&self, view: &mut V) {
+    /// Takes a view's changes back when it is dropped.
+    pub(crate) fn check_in<V: SessionView>(&self, view: &mut V, seen: u64) {
         let mut inner = self.lock();
-        inner.checked_out = false;
-        inner.collect(view);
+        inner.live_views = inner.live_views.saturating_sub(1);
+        inner.collect(view, seen);
     }
 
-    /// Takes the view's changes without giving it back (for an early save).
-    pub(crate) fn collect<V: SessionView>(&self, view: &mut V) {
-        self.lock().collect(view);
+    /// Takes a view's changes without giving it back (for an early save, or before
+    /// `destroy`). Returns the check-in count the view now stands at.
+    pub(crate) fn collect<V: SessionView>(&self, view: &mut V, seen: u64) -> u64 {
+        let mut inner = self.lock();
+        inner.collect(view, seen);
+        inner.check_ins
+    }
+
+    /// Whether the request's session is stored (and not destroyed in this request).
+    pub(crate) fn has_stored_session(&self) -> bool {
+        let inner = self.lock();
+        inner.record.is_some() && !inner.destroy
     }
 
     /// Whether the request carried a session token, valid or not.
@@ -369,6 +408,20 @@ impl RequestState {
 
     pub(crate) fn clear<V: SessionView>(&self) -> V {
         let mut inner = self.lock();
+        if let Some(namespace) = V::NAMESPACE {
+            // Only this struct's keys go: everything else is kept, as stored or pending.
+            let prefix = format!("{namespace}.");
+            let mut kept: Fields = match (&inner.record, inner.replace) {
+                (Some(record), false) => record.fields.clone(),
+                _ => Fields::new(),
+            };
+            kept.extend(mem::take(&mut inner.pending));
+            kept.retain(|key, _| !key.starts_with(&prefix));
+            inner.pending = kept;
+            inner.replace = true;
+            inner.modified = true;
+            return V::fresh();
+        }
         inner.pending.clear();
         inner.replace = true;
         inner.modified = true;
@@ -405,8 +458,15 @@ impl RequestState {
         self.touch(true).await
     }
 
+    /// Marks the session for deletion at the end of the request and drops its unsaved
+    /// changes; what views write after this starts a new session.
     pub(crate) fn destroy(&self) {
-        self.lock().destroy = true;
+        let mut inner = self.lock();
+        inner.destroy = true;
+        inner.pending.clear();
+        inner.replace = false;
+        inner.regenerate = false;
+        inner.flash_loaded.clear();
     }
 
     /// Drops unsaved changes and reads the session again from the store. A stored session
@@ -475,7 +535,7 @@ impl RequestState {
             if !inner.extracted {
                 return Ok(CookieAction::Keep);
             }
-            if inner.checked_out {
+            if inner.live_views > 0 {
                 tracing::warn!(
                     "a Session was still alive when the response was ready (moved into a spawned task?); its changes since extraction are not saved"
                 );
@@ -493,7 +553,25 @@ impl RequestState {
             let mut inner = self.lock();
             inner.record = None;
             inner.id = None;
-            return Ok(self.clearing_cookie(&inner));
+            inner.destroy = false;
+            if inner.pending.is_empty() {
+                return Ok(self.clearing_cookie(&inner));
+            }
+            // Written after `destroy()` (a "signed out" flash): a new session under a new id,
+            // which replaces the cookie; the destroyed record stays deleted.
+            inner.existed = false;
+            inner.max_age = None;
+        }
+        {
+            // Flash values read from the store are consumed now, read or not.
+            let mut inner = self.lock();
+            let consumed: Vec<&'static str> = mem::take(&mut inner.flash_loaded)
+                .into_iter()
+                .filter(|key| !inner.pending.contains_key(*key))
+                .collect();
+            for key in consumed {
+                inner.pending.insert(Arc::from(key), Arc::from("null"));
+            }
         }
         match self.persist(false).await {
             Ok(()) => {}
@@ -584,6 +662,9 @@ impl RequestState {
             let mut inner = self.lock();
             if let Some(error) = inner.encode_error.take() {
                 return Err(SessionError::Encode(error));
+            }
+            if let Some(conflict) = inner.conflict.take() {
+                return Err(conflict);
             }
             let data_changed = !inner.pending.is_empty() || inner.replace;
             let modified = inner.modified || data_changed || inner.regenerate;
@@ -849,21 +930,50 @@ impl Inner {
 
     fn view<V: SessionView>(&self) -> V {
         let empty = Fields::new();
-        let stored = match (&self.record, self.replace) {
+        let stored = match (&self.record, self.replace || self.destroy) {
             (Some(record), false) => &record.fields,
             _ => &empty,
         };
         V::decode(stored, &self.pending)
     }
 
-    fn collect<V: SessionView>(&mut self, view: &mut V) {
-        match view.collect(&mut self.pending) {
-            Ok(true) => self.modified = true,
-            Ok(false) => {}
+    /// Takes a view's changed fields into `pending`. A key another view changed after this
+    /// one was handed out (at check-in `seen`) is a conflict: neither change may be lost
+    /// silently, so the request fails, naming the key and both structs.
+    fn collect<V: SessionView>(&mut self, view: &mut V, seen: u64) {
+        let mut changes = Fields::new();
+        match view.collect(&mut changes) {
+            Ok(false) => return,
+            Ok(true) => {}
             Err(error) => {
                 tracing::error!(%error, "a session field failed to encode");
                 self.encode_error = Some(error);
+                return;
             }
         }
+        let this = std::any::type_name::<V::Data>();
+        for key in changes.keys() {
+            if let Some((at, by)) = self.changed_by.get(key) {
+                if *at > seen && self.conflict.is_none() {
+                    tracing::error!(
+                        key = &**key,
+                        first = by,
+                        second = this,
+                        "two live session views changed the same key"
+                    );
+                    self.conflict = Some(SessionError::Conflict {
+                        key: key.to_string(),
+                        first: by,
+                        second: this,
+                    });
+                }
+            }
+        }
+        self.check_ins += 1;
+        for key in changes.keys() {
+            self.changed_by.insert(key.clone(), (self.check_ins, this));
+        }
+        self.pending.extend(changes);
+        self.modified = true;
     }
 }

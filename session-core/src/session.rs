@@ -35,17 +35,31 @@ use crate::lifecycle::RequestState;
 /// never extract it cost no store call. Changes are saved when the handler returns, before
 /// the response leaves, following the rules in [`crate::lifecycle`].
 ///
-/// Only one `Session` can be alive per request at a time; extracting a second while the
-/// first is held fails with [`SessionError::AlreadyExtracted`].
+/// Any number of `Session` views may be alive at once in one request, of one struct or of
+/// several (a middleware holding `Session<Auth>` across `next.run(req)`, a handler taking
+/// `Session<Cart>` and `Session<Prefs>`): they are views of the request's one session. A view
+/// sees what earlier views checked in (a view checks in when it is dropped, or on
+/// [`save`](Self::save)); the changes of all of them are written in one save at the end of the
+/// request. Two live views that both change the same stored key would lose one change, so that
+/// request fails with [`SessionError::Conflict`] instead, writing nothing. `regenerate`,
+/// `clear`, `destroy`, `reload` and `save` act on the one session, whichever view calls them.
+///
+/// `Option<Session<T>>` is `None` when the request carries no live session, and never creates
+/// one.
 #[must_use]
 pub struct Session<T: SessionData> {
     view: T::View,
     state: Arc<RequestState>,
+    /// The request's check-in count this view has seen: a key another view changed after it
+    /// is a conflict if this view changes it too.
+    seen: u64,
 }
 
 impl<T: SessionData> Session<T> {
-    pub(crate) fn new(view: T::View, state: Arc<RequestState>) -> Self {
-        Self { view, state }
+    /// A new view of the request's session.
+    pub(crate) fn checked_out(state: Arc<RequestState>) -> Self {
+        let (view, seen) = state.check_out::<T::View>();
+        Self { view, state, seen }
     }
 
     /// The whole data, read-only.
@@ -74,9 +88,14 @@ impl<T: SessionData> Session<T> {
     }
 
     /// Deletes the session from the store at the end of the request and sends a cookie
-    /// that removes it from the browser. Changes made in the same request are discarded.
+    /// that removes it from the browser. Changes made before in the same request are
+    /// discarded, and the view reads as empty. Fields written *after* `destroy()` start a new
+    /// session under a fresh id (its cookie replaces the old one; the destroyed record stays
+    /// deleted), so logout with a message is `s.destroy(); s.set_flash(Some("Signed out".into()))`.
     pub fn destroy(&mut self) {
         self.state.destroy();
+        // What was changed before is dropped; what is written after starts a new session.
+        self.view = T::View::fresh();
     }
 
     /// The lifetime of this session's cookie: its own if
@@ -155,7 +174,7 @@ impl<T: SessionData> Session<T> {
     /// another request, or expired): nothing was written and the session now reads as empty.
     /// The store's error, or an encoding error, if the write fails.
     pub async fn save(&mut self) -> Result<(), SessionError> {
-        self.state.collect(&mut self.view);
+        self.seen = self.state.collect(&mut self.view, self.seen);
         let result = self.state.save_now().await;
         if let Err(SessionError::Ended) = result {
             self.view = T::View::fresh();
@@ -180,7 +199,7 @@ impl<T: SessionData> DerefMut for Session<T> {
 
 impl<T: SessionData> Drop for Session<T> {
     fn drop(&mut self) {
-        self.state.check_in(&mut self.view);
+        self.state.check_in(&mut self.view, self.seen);
     }
 }
 

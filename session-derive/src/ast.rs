@@ -65,6 +65,14 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// The key `field` is stored under: its key, after the struct's namespace if it has one.
+    pub(crate) fn stored_key(&self, field: &Field) -> String {
+        match &self.attrs.namespace {
+            Some(namespace) => format!("{}.{}", namespace.value(), field.key()),
+            None => field.key(),
+        }
+    }
+
     /// The name of the generated view; it stays outside the `const _` block because
     /// `SessionData::View` names it in the user's module.
     pub(crate) fn view_ident(&self) -> Ident {

@@ -5,6 +5,7 @@
 
 use proc_macro2::TokenTree;
 use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
 use syn::{Attribute, Error, ExprPath, LitStr, Path, Result, Token};
 
 /// Attributes on the struct.
@@ -12,6 +13,8 @@ use syn::{Attribute, Error, ExprPath, LitStr, Path, Result, Token};
 pub(crate) struct Container {
     /// `crate = "path"`: where generated code finds `session_core`.
     pub(crate) crate_path: Option<Path>,
+    /// `namespace = "name"`: the struct's fields are stored as `name.key`.
+    pub(crate) namespace: Option<LitStr>,
 }
 
 /// Attributes on a field.
@@ -22,6 +25,8 @@ pub(crate) struct Field {
     /// `default = path` or `default = "path"`: the function giving the value when the store
     /// has none.
     pub(crate) default: Option<ExprPath>,
+    /// `flash`: the field is a flash message, consumed the request after it is set.
+    pub(crate) flash: Option<proc_macro2::Span>,
 }
 
 pub(crate) fn container(attrs: &[Attribute], errors: &mut Vec<Error>) -> Container {
@@ -32,11 +37,18 @@ pub(crate) fn container(attrs: &[Attribute], errors: &mut Vec<Error>) -> Contain
             let outcome = match key.as_str() {
                 "crate" if container.crate_path.is_some() => Err(duplicate(&meta, &key)),
                 "crate" => path_value(&meta, &key).map(|path| container.crate_path = Some(path)),
+                "namespace" if container.namespace.is_some() => Err(duplicate(&meta, &key)),
+                "namespace" => {
+                    string_value(&meta, &key).map(|lit| container.namespace = Some(lit))
+                }
                 "rename" | "default" => Err(meta.error(format!(
                     "`{key}` is a field attribute: put `#[session({key} = ...)]` on a field, not on the struct"
                 ))),
+                "flash" => Err(meta.error(
+                    "`flash` is a field attribute: put `#[session(flash)]` on an `Option<T>` field, not on the struct",
+                )),
                 _ => Err(meta.error(format!(
-                    "unknown session attribute `{key}`, expected `crate` on the struct"
+                    "unknown session attribute `{key}`, expected `crate` or `namespace` on the struct"
                 ))),
             };
             recover(&meta, outcome, errors)
@@ -56,11 +68,19 @@ pub(crate) fn field(attrs: &[Attribute], errors: &mut Vec<Error>) -> Field {
                 "rename" => string_value(&meta, &key).map(|lit| field.rename = Some(lit)),
                 "default" if field.default.is_some() => Err(duplicate(&meta, &key)),
                 "default" => function_value(&meta).map(|path| field.default = Some(path)),
-                "crate" => Err(meta.error(
-                    "`crate` is a struct attribute: put `#[session(crate = \"...\")]` on the struct, not on a field",
+                "flash" if field.flash.is_some() => Err(duplicate(&meta, &key)),
+                "flash" if meta.input.peek(Token![=]) => Err(meta.error(
+                    "`flash` takes no value: `#[session(flash)]`",
                 )),
+                "flash" => {
+                    field.flash = Some(meta.path.span());
+                    Ok(())
+                }
+                "crate" | "namespace" => Err(meta.error(format!(
+                    "`{key}` is a struct attribute: put `#[session({key} = \"...\")]` on the struct, not on a field"
+                ))),
                 _ => Err(meta.error(format!(
-                    "unknown session attribute `{key}`, expected `rename` or `default`"
+                    "unknown session attribute `{key}`, expected `rename`, `default` or `flash`"
                 ))),
             };
             recover(&meta, outcome, errors)

@@ -28,11 +28,13 @@ const RESERVED: &[(&str, &str)] = &[
 
 pub(crate) fn check(input: &Input, errors: &mut Vec<Error>) {
     no_generics(input, errors);
+    namespace_is_a_name(input, errors);
     if let Some(fields) = &input.fields {
         no_empty_rename(fields, errors);
         unique_keys(fields, errors);
         no_reserved_names(input.ident(), fields, errors);
         no_reserved_keys(fields, errors);
+        flash_is_an_option(fields, errors);
         unique_accessors(fields, errors);
     }
 }
@@ -97,6 +99,52 @@ fn no_reserved_names(struct_ident: &Ident, fields: &[Field], errors: &mut Vec<Er
                     "field name `{name}` is reserved: {owner} would hide its getter on `Session<{}>`; rename the Rust field and keep its stored key with `#[session(rename = \"{}\")]`",
                     struct_ident,
                     field.key()
+                ),
+            ));
+        }
+    }
+}
+
+// A namespace becomes the prefix `name.` of every key: it must be a plain, non-empty name, so
+// no namespace is the prefix of another and no key of one can be a key of another.
+fn namespace_is_a_name(input: &Input, errors: &mut Vec<Error>) {
+    let Some(namespace) = &input.attrs.namespace else {
+        return;
+    };
+    let value = namespace.value();
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !plain {
+        errors.push(Error::new(
+            namespace.span(),
+            "a namespace is a non-empty name of letters, digits, `_` and `-`: `#[session(namespace = \"prefs\")]`",
+        ));
+    }
+}
+
+// A flash message is there or not: the field must be an `Option<T>`, which is `None` once the
+// message has been consumed.
+fn flash_is_an_option(fields: &[Field], errors: &mut Vec<Error>) {
+    for field in fields {
+        let Some(span) = field.attrs.flash else {
+            continue;
+        };
+        let is_option = match &field.original.ty {
+            syn::Type::Path(path) => path
+                .path
+                .segments
+                .last()
+                .is_some_and(|segment| segment.ident == "Option"),
+            _ => false,
+        };
+        if !is_option {
+            errors.push(Error::new(
+                span,
+                format!(
+                    "`flash` needs an `Option<T>` field (`None` once the message is consumed); `{}` is not an `Option`",
+                    field.name
                 ),
             ));
         }

@@ -25,6 +25,17 @@ mod app {
         #[session(rename = "last")]
         #[session(default = "Vec::new")]
         pub history: Vec<String>,
+        #[session(flash)]
+        pub notice: Option<String>,
+    }
+
+    /// A namespaced struct with a flash field.
+    #[derive(Session)]
+    #[session(namespace = "prefs")]
+    pub struct Prefs {
+        pub theme: String,
+        #[session(flash, rename = "msg")]
+        pub message: ::std::option::Option<String>,
     }
 
     fn default_cart() -> Vec<String> {

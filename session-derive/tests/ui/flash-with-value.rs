@@ -1,0 +1,9 @@
+use session_core::Session;
+
+#[derive(Session)]
+struct Visit {
+    #[session(flash = true)]
+    notice: Option<String>,
+}
+
+fn main() {}
