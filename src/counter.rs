@@ -67,7 +67,12 @@ pub fn app(store: Arc<dyn Store>, key: Key) -> Router {
 /// The app's routes behind `layer`, inside a [`REQUEST_TIMEOUT`]: the session layer runs
 /// within the timeout, so a request cut off by it also gives its session (and lock) back.
 pub fn app_with(layer: SessionLayer) -> Router {
-    routes().layer(layer).layer(TimeoutLayer::with_status_code(
+    within_request_timeout(routes().layer(layer))
+}
+
+/// `app` (routes behind their session layer) inside a [`REQUEST_TIMEOUT`], answering `408`.
+pub fn within_request_timeout(app: Router) -> Router {
+    app.layer(TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         REQUEST_TIMEOUT,
     ))

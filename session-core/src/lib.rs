@@ -55,6 +55,11 @@
 //! clients (`X-Session-Token` or `Authorization: Bearer`); `Secure::Auto` believes only the
 //! connection and the proxies you trust by address. See [`transport`].
 //!
+//! # CSRF tokens
+//!
+//! Sessions are where CSRF tokens live: keep an `Option<`[`csrf::CsrfToken`]`>` field, put it
+//! in every form, and [`csrf::verify`] it before a POST changes anything. See [`csrf`].
+//!
 //! # Features
 //!
 //! - `axum` (default): the layer and the extractor.
@@ -73,6 +78,7 @@ pub mod conformance;
 #[cfg(feature = "axum")]
 pub mod cookbook;
 mod cookie;
+pub mod csrf;
 mod data;
 mod error;
 pub mod events;
