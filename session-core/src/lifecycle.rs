@@ -364,14 +364,16 @@ impl RequestState {
     pub(crate) fn check_in<V: SessionView>(&self, view: &mut V, seen: u64) {
         let mut inner = self.lock();
         inner.live_views = inner.live_views.saturating_sub(1);
-        inner.collect(view, seen);
+        let others_live = inner.live_views > 0;
+        inner.collect(view, seen, others_live);
     }
 
     /// Takes a view's changes without giving it back (for an early save, or before
     /// `destroy`). Returns the check-in count the view now stands at.
     pub(crate) fn collect<V: SessionView>(&self, view: &mut V, seen: u64) -> u64 {
         let mut inner = self.lock();
-        inner.collect(view, seen);
+        let others_live = inner.live_views > 1;
+        inner.collect(view, seen, others_live);
         inner.check_ins
     }
 
@@ -939,8 +941,9 @@ impl Inner {
 
     /// Takes a view's changed fields into `pending`. A key another view changed after this
     /// one was handed out (at check-in `seen`) is a conflict: neither change may be lost
-    /// silently, so the request fails, naming the key and both structs.
-    fn collect<V: SessionView>(&mut self, view: &mut V, seen: u64) {
+    /// silently, so the request fails, naming the key and both structs. Which view changed a
+    /// key is only remembered while `others_live`: a view handed out later sees the change.
+    fn collect<V: SessionView>(&mut self, view: &mut V, seen: u64, others_live: bool) {
         let mut changes = Fields::new();
         match view.collect(&mut changes) {
             Ok(false) => return,
@@ -970,8 +973,10 @@ impl Inner {
             }
         }
         self.check_ins += 1;
-        for key in changes.keys() {
-            self.changed_by.insert(key.clone(), (self.check_ins, this));
+        if others_live {
+            for key in changes.keys() {
+                self.changed_by.insert(key.clone(), (self.check_ins, this));
+            }
         }
         self.pending.extend(changes);
         self.modified = true;
