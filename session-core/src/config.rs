@@ -114,6 +114,11 @@ pub(crate) struct Config {
     pub(crate) events: Option<Arc<dyn SessionEvents>>,
     /// This process's queue in front of the store's per-session locks.
     pub(crate) local_locks: LocalLocks,
+    /// The stored keys of the program's `#[session(index)]` fields, if this layer keeps
+    /// indexes (empty otherwise).
+    pub(crate) indexed: Arc<[&'static str]>,
+    /// Whether `check()` refuses two structs storing one key with different types.
+    pub(crate) key_type_check: bool,
 }
 
 /// Per-session locking: how long a lock lives if its holder vanishes, and how long a request
@@ -155,6 +160,8 @@ impl Config {
             metrics: SessionMetrics::default(),
             events: None,
             local_locks: LocalLocks::new(),
+            indexed: crate::registry::indexed_keys().into(),
+            key_type_check: true,
         }
     }
 
@@ -210,6 +217,16 @@ impl Config {
         }
         #[cfg(feature = "axum")]
         self.transport.check()?;
+        if self.key_type_check {
+            if let Some(conflict) = crate::registry::key_conflict() {
+                return Err(conflict);
+            }
+        }
+        if let Some(key) = self.indexed.first() {
+            if !self.store.supports_index() {
+                return Err(ConfigError::IndexUnsupported(key));
+            }
+        }
         if let Some(lock) = self.lock {
             if !self.store.supports_locks() {
                 return Err(ConfigError::LocksUnsupported);
@@ -362,6 +379,19 @@ pub enum ConfigError {
     /// The lock lease is not longer than the lock wait.
     #[error("the session lock lease must be longer than the time a request waits for the lock")]
     LockLease,
+    /// Two derived structs store one key with different types (or one as a flash field).
+    #[error("the session key `{key}` is stored by {first} and by {second}: one would read the other's value as garbage and overwrite it; give one struct `#[session(namespace = \"...\")]` or the field `#[session(rename = \"...\")]`, or make the types equal")]
+    KeyTypeConflict {
+        /// The stored key.
+        key: &'static str,
+        /// The first struct and its type for the key.
+        first: String,
+        /// The second struct and its type for the key.
+        second: String,
+    },
+    /// The program has `#[session(index)]` fields and the store keeps no indexes.
+    #[error("this store keeps no session indexes, which the `#[session(index)]` field `{0}` needs (every store of this crate keeps them); use such a store, or call `.without_indexes()` on the layer to keep none")]
+    IndexUnsupported(&'static str),
     /// A timeout is zero.
     #[error("`{0}` must be longer than zero")]
     Timeout(&'static str),

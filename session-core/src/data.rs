@@ -70,6 +70,9 @@ pub trait SessionView: Send + Sized + 'static {
 
     /// The data.
     fn data(&self) -> &Self::Data;
+
+    /// The data, by value.
+    fn into_data(self) -> Self::Data;
 }
 
 /// What the view knows about one field: whether an accessor that can change it ran, and the

@@ -53,7 +53,7 @@ where
 }
 
 /// The request's session handle, or why there is none.
-fn handle(parts: &Parts) -> Result<SessionHandle, SessionError> {
+pub(crate) fn handle(parts: &Parts) -> Result<SessionHandle, SessionError> {
     if let Some(handle) = parts.extensions.get::<SessionHandle>() {
         return Ok(handle.clone());
     }
@@ -67,7 +67,7 @@ fn handle(parts: &Parts) -> Result<SessionHandle, SessionError> {
 }
 
 /// Loads the request's session, once per request.
-async fn load(
+pub(crate) async fn load(
     parts: &Parts,
     SessionHandle(state, delivery): &SessionHandle,
 ) -> Result<(), SessionRejection> {
@@ -91,7 +91,7 @@ pub struct SessionRejection {
 
 impl SessionRejection {
     /// A programming error: answered with a plain 500.
-    fn misuse(error: SessionError) -> Self {
+    pub(crate) fn misuse(error: SessionError) -> Self {
         Self {
             error,
             response: None,

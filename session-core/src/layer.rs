@@ -303,6 +303,29 @@ impl SessionLayer {
         self.config.metrics.clone()
     }
 
+    /// A handle on the sessions by indexed value (`#[session(index)]` fields): list, count
+    /// and revoke them from outside any request, e.g. in a password-change job or an admin
+    /// tool. In a handler, take [`SessionIndex`](crate::index::SessionIndex) as an extractor
+    /// instead: it knows the request's own session. See [`index`](crate::index).
+    pub fn sessions(&self) -> crate::index::SessionIndex {
+        crate::index::SessionIndex::new(self.config.clone(), None)
+    }
+
+    /// Keeps no session indexes, even though the program has `#[session(index)]` fields: for
+    /// a store that cannot keep them. Listing then finds nothing.
+    pub fn without_indexes(self) -> Self {
+        self.edit(|c| c.indexed = Arc::from([]))
+    }
+
+    /// Lets two derived structs store one un-namespaced key with different types, which
+    /// [`check`](Self::check) refuses by default ([`ConfigError::KeyTypeConflict`]): each
+    /// reads the other's value as a decoding failure (its default) and overwrites it when
+    /// written. For tests of exactly that, and for programs whose structs serve different
+    /// layers.
+    pub fn allow_key_type_conflicts(self) -> Self {
+        self.edit(|c| c.key_type_check = false)
+    }
+
     /// Checks the options.
     ///
     /// # Errors

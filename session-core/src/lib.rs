@@ -86,10 +86,12 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 mod id;
+pub mod index;
 pub mod lifecycle;
 #[cfg(test)]
 mod proptests;
 mod record;
+mod registry;
 mod session;
 pub mod store;
 
@@ -170,6 +172,9 @@ pub mod __private {
     pub use crate::data::{
         assert_field, collect_field, decode_field, FieldState, SessionData, SessionView,
     };
+    pub use crate::index::{Index, IndexedField};
     pub use crate::record::Fields;
+    pub use crate::registry::{RegisteredField, Registration};
+    pub use inventory;
     pub use serde_json::Error as EncodeError;
 }

@@ -41,6 +41,7 @@ use crate::data::SessionView;
 use crate::error::SessionError;
 use crate::events::{SessionEvent, ShortId};
 use crate::id::{SessionId, StoreKey};
+use crate::index::{entries_of, IndexEntry};
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 use crate::store::{SessionLock, StoreError};
 
@@ -397,6 +398,13 @@ impl RequestState {
         }
     }
 
+    /// The store key of the session as stored now, if it is.
+    pub(crate) fn stored_key(&self) -> Option<StoreKey> {
+        let mut inner = self.lock();
+        let id = inner.record.as_ref().and(inner.id)?;
+        Some(self.store_key_of(&mut inner, id))
+    }
+
     pub(crate) fn regenerate(&self) {
         let mut inner = self.lock();
         inner.regenerate = true;
@@ -548,6 +556,13 @@ impl RequestState {
             if let (Some(id), true) = (id, stored) {
                 let key = self.store_key(id);
                 self.call(self.config.store.delete(&key)).await?;
+                let entries = match self.lock().record.as_ref() {
+                    Some(record) if !self.config.indexed.is_empty() => {
+                        entries_of(&record.fields, &self.config.indexed)
+                    }
+                    _ => Vec::new(),
+                };
+                self.index_remove(&entries, &key).await;
                 self.emit(SessionEvent::Destroyed {
                     session: ShortId::of(&key),
                 });
@@ -660,7 +675,7 @@ impl RequestState {
     async fn persist(&self, explicit: bool) -> Result<(), SessionError> {
         let config = &*self.config;
         let now = Timestamp::now();
-        let (write, old_id) = {
+        let (write, old_id, plan) = {
             let mut inner = self.lock();
             if let Some(error) = inner.encode_error.take() {
                 return Err(SessionError::Encode(error));
@@ -734,22 +749,30 @@ impl RequestState {
                     limit: config.max_record_bytes,
                 });
             }
-            (write, stored_id)
+            let plan = IndexPlan::new(&config.indexed, inner.record.as_ref(), &write);
+            (write, stored_id, plan)
         };
+        let until = config
+            .absolute_timeout
+            .map(|absolute| write.record().created_at.saturating_add(absolute));
 
         let (new_id, written_id) = match &write {
             Write::Create(whole) => {
                 let next = self.lock().next_id.take();
-                let id = self.create(whole, next).await?;
+                let id = self.create(whole, next, &plan.add, until).await?;
                 if let Some(old) = old_id {
-                    if let Err(error) = self.call(config.store.delete(&self.store_key(old))).await {
+                    let old_key = self.store_key(old);
+                    if let Err(error) = self.call(config.store.delete(&old_key)).await {
                         // The old id must die with the regeneration; since it cannot, take the
                         // new record back so no second copy of the session is left behind.
-                        if let Err(undo) = self.call(config.store.delete(&id.store_key())).await {
+                        let new_key = id.store_key();
+                        if let Err(undo) = self.call(config.store.delete(&new_key)).await {
                             tracing::warn!(%undo, "could not remove the new record of a failed regeneration; it lapses at its deadline");
                         }
+                        self.index_remove(&plan.add, &new_key).await;
                         return Err(error.into());
                     }
+                    self.index_remove(&plan.remove, &old_key).await;
                 }
                 (Some(id), id)
             }
@@ -758,13 +781,22 @@ impl RequestState {
                     Write::Replace(..) => SaveMode::Replace,
                     _ => SaveMode::Merge,
                 };
-                let saved = self
-                    .call(config.store.save(&self.store_key(*id), record, mode))
-                    .await?;
+                let key = self.store_key(*id);
+                // Into the index before the value is stored: a live session is never missing.
+                self.index_add(&plan.add, &key, until).await?;
+                let saved = match self.call(config.store.save(&key, record, mode)).await {
+                    Ok(saved) => saved,
+                    Err(error) => {
+                        self.index_remove(&plan.add, &key).await;
+                        return Err(error.into());
+                    }
+                };
                 if !saved {
                     // Only `create` creates: the record is gone, so is the session.
+                    self.index_remove(&plan.add, &key).await;
                     return Err(self.end());
                 }
+                self.index_remove(&plan.remove, &key).await;
                 (None, *id)
             }
         };
@@ -812,21 +844,49 @@ impl RequestState {
         &self,
         record: &Record,
         mut first: Option<SessionId>,
+        entries: &[IndexEntry],
+        until: Option<Timestamp>,
     ) -> Result<SessionId, SessionError> {
         for _ in 0..CREATE_ATTEMPTS {
             let id = match first.take() {
                 Some(id) => id,
                 None => self.config.new_id()?,
             };
-            if self
-                .call(self.config.store.create(&id.store_key(), record))
-                .await?
-            {
+            let key = id.store_key();
+            self.index_add(entries, &key, until).await?;
+            let created = self.call(self.config.store.create(&key, record)).await;
+            if let Ok(true) = created {
                 return Ok(id);
             }
+            self.index_remove(entries, &key).await;
+            created?;
             tracing::warn!("session id collision in the store; drawing another id");
         }
         Err(SessionError::IdCollision)
+    }
+
+    /// Adds `key` to the index `entries`; a failure fails the write that needed it.
+    async fn index_add(
+        &self,
+        entries: &[IndexEntry],
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), SessionError> {
+        for entry in entries {
+            self.call(self.config.store.index_add(entry, key, until))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes `key` from the index `entries`. A failure leaves a stale member, which readers
+    /// skip and prune: it is logged, not returned.
+    async fn index_remove(&self, entries: &[IndexEntry], key: &StoreKey) {
+        for entry in entries {
+            if let Err(error) = self.call(self.config.store.index_remove(entry, key)).await {
+                tracing::warn!(%error, ?entry, "could not remove a session from an index; readers skip it until it is pruned");
+            }
+        }
     }
 
     /// Extends an unchanged existing session's deadline, at most once per `touch_after`
@@ -900,6 +960,72 @@ enum Write {
     Replace(SessionId, Record),
     /// Write only these fields over the record stored under this id.
     Merge(SessionId, Record),
+}
+
+impl Write {
+    fn record(&self) -> &Record {
+        match self {
+            Write::Create(record) | Write::Replace(_, record) | Write::Merge(_, record) => record,
+        }
+    }
+}
+
+/// The index entries a write adds its session to (before it) and removes it from (after).
+#[derive(Default)]
+struct IndexPlan {
+    add: Vec<IndexEntry>,
+    /// From the written key, or, for a regeneration, from the old one.
+    remove: Vec<IndexEntry>,
+}
+
+impl IndexPlan {
+    fn new(indexed: &[&'static str], stored: Option<&Record>, write: &Write) -> Self {
+        if indexed.is_empty() {
+            return Self::default();
+        }
+        let before = stored.map_or_else(Vec::new, |r| entries_of(&r.fields, indexed));
+        match write {
+            // A new key: every entry is added to it; a regeneration's old key loses all.
+            Write::Create(whole) => Self {
+                add: entries_of(&whole.fields, indexed),
+                remove: before,
+            },
+            Write::Replace(_, whole) => {
+                let after = entries_of(&whole.fields, indexed);
+                Self::between(before, after)
+            }
+            Write::Merge(_, changes) => {
+                // Only the indexed keys the merge writes can change.
+                let written: Vec<&'static str> = indexed
+                    .iter()
+                    .copied()
+                    .filter(|key| changes.fields.contains_key(*key))
+                    .collect();
+                if written.is_empty() {
+                    return Self::default();
+                }
+                let before = before
+                    .into_iter()
+                    .filter(|entry| written.contains(&entry.field()))
+                    .collect();
+                Self::between(before, entries_of(&changes.fields, &written))
+            }
+        }
+    }
+
+    fn between(before: Vec<IndexEntry>, after: Vec<IndexEntry>) -> Self {
+        Self {
+            add: after
+                .iter()
+                .filter(|entry| !before.contains(entry))
+                .cloned()
+                .collect(),
+            remove: before
+                .into_iter()
+                .filter(|entry| !after.contains(entry))
+                .collect(),
+        }
+    }
 }
 
 /// The encoded size of `record` once `changes` are written over it.

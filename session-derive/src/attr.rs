@@ -27,6 +27,8 @@ pub(crate) struct Field {
     pub(crate) default: Option<ExprPath>,
     /// `flash`: the field is a flash message, consumed the request after it is set.
     pub(crate) flash: Option<proc_macro2::Span>,
+    /// `index`: the layer keeps the set of sessions holding each value of the field.
+    pub(crate) index: Option<proc_macro2::Span>,
 }
 
 pub(crate) fn container(attrs: &[Attribute], errors: &mut Vec<Error>) -> Container {
@@ -44,9 +46,9 @@ pub(crate) fn container(attrs: &[Attribute], errors: &mut Vec<Error>) -> Contain
                 "rename" | "default" => Err(meta.error(format!(
                     "`{key}` is a field attribute: put `#[session({key} = ...)]` on a field, not on the struct"
                 ))),
-                "flash" => Err(meta.error(
-                    "`flash` is a field attribute: put `#[session(flash)]` on an `Option<T>` field, not on the struct",
-                )),
+                "flash" | "index" => Err(meta.error(format!(
+                    "`{key}` is a field attribute: put `#[session({key})]` on an `Option<T>` field, not on the struct"
+                ))),
                 _ => Err(meta.error(format!(
                     "unknown session attribute `{key}`, expected `crate` or `namespace` on the struct"
                 ))),
@@ -76,11 +78,19 @@ pub(crate) fn field(attrs: &[Attribute], errors: &mut Vec<Error>) -> Field {
                     field.flash = Some(meta.path.span());
                     Ok(())
                 }
+                "index" if field.index.is_some() => Err(duplicate(&meta, &key)),
+                "index" if meta.input.peek(Token![=]) => Err(meta.error(
+                    "`index` takes no value: `#[session(index)]`",
+                )),
+                "index" => {
+                    field.index = Some(meta.path.span());
+                    Ok(())
+                }
                 "crate" | "namespace" => Err(meta.error(format!(
                     "`{key}` is a struct attribute: put `#[session({key} = \"...\")]` on the struct, not on a field"
                 ))),
                 _ => Err(meta.error(format!(
-                    "unknown session attribute `{key}`, expected `rename`, `default` or `flash`"
+                    "unknown session attribute `{key}`, expected `rename`, `default`, `flash` or `index`"
                 ))),
             };
             recover(&meta, outcome, errors)

@@ -35,6 +35,7 @@ pub(crate) fn check(input: &Input, errors: &mut Vec<Error>) {
         no_reserved_names(input.ident(), fields, errors);
         no_reserved_keys(fields, errors);
         flash_is_an_option(fields, errors);
+        index_is_not_flash(fields, errors);
         unique_accessors(fields, errors);
     }
 }
@@ -144,6 +145,21 @@ fn flash_is_an_option(fields: &[Field], errors: &mut Vec<Error>) {
                 span,
                 format!(
                     "`flash` needs an `Option<T>` field (`None` once the message is consumed); `{}` is not an `Option`",
+                    field.name
+                ),
+            ));
+        }
+    }
+}
+
+// A flash value lives for one request: indexing it would list sessions by a message.
+fn index_is_not_flash(fields: &[Field], errors: &mut Vec<Error>) {
+    for field in fields {
+        if let (Some(index), Some(_)) = (field.attrs.index, field.attrs.flash) {
+            errors.push(Error::new(
+                index,
+                format!(
+                    "`index` and `flash` do not go together: a flash value is gone after one request; index a field that identifies the session's owner, not `{}`",
                     field.name
                 ),
             ));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::memory::shard_index;
-use super::{SessionLock, Store, StoreError};
+use super::{IndexEntry, IndexMember, SessionLock, Store, StoreError};
 use crate::id::StoreKey;
 use crate::record::{Record, SaveMode, Timestamp};
 
@@ -228,6 +228,32 @@ impl<S: Store> Store for CachingStore<S> {
             lock(shard).retain(|_, entry| !entry.record.is_expired(now));
         }
         self.inner.purge_expired().await
+    }
+
+    fn supports_index(&self) -> bool {
+        self.inner.supports_index()
+    }
+
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.inner.index_add(entry, key, until).await
+    }
+
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        self.inner.index_remove(entry, key).await
+    }
+
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        self.inner.index_members(entry).await
+    }
+
+    /// Read from the store behind the cache: a listing shows what every instance sees.
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        self.inner.load_many(keys).await
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{LocalLocks, SessionLock, Store, StoreError};
+use super::{IndexEntry, IndexMember, LocalLocks, SessionLock, Store, StoreError};
 use crate::id::StoreKey;
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 
@@ -148,6 +148,8 @@ struct Inner {
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
     evictions: AtomicUsize,
+    /// Index entries (by digest) and their members, with when each was added.
+    indexes: Mutex<HashMap<StoreKey, HashMap<StoreKey, Timestamp>>>,
 }
 
 impl MemoryStore {
@@ -188,6 +190,7 @@ impl MemoryStore {
                 sweep_interval: sweep_interval.max(Duration::from_millis(10)),
                 sweeper_started: AtomicBool::new(false),
                 evictions: AtomicUsize::new(0),
+                indexes: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -386,7 +389,30 @@ impl Inner {
             self.forget(before - shard.len(), freed);
             removed += before - shard.len();
         }
+        self.prune_indexes(now);
         removed
+    }
+
+    /// Drops index members whose session is gone, once they are older than the grace a write
+    /// in flight may need between adding a member and storing its record.
+    fn prune_indexes(&self, now: Timestamp) {
+        let grace = now.as_millis().saturating_sub(PRUNE_GRACE_MILLIS);
+        let mut indexes = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
+        indexes.retain(|_, members| {
+            members.retain(|key, added| {
+                added.as_millis() >= grace || {
+                    let shard = lock(&self.shards[shard_of(&key.digest())]);
+                    shard
+                        .get(&key.digest())
+                        .is_some_and(|stored| !stored.is_expired(now))
+                }
+            });
+            !members.is_empty()
+        });
+    }
+
+    fn indexes(&self) -> MutexGuard<'_, HashMap<StoreKey, HashMap<StoreKey, Timestamp>>> {
+        self.indexes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes `records` records of `bytes` bytes in all off the counts.
@@ -528,7 +554,57 @@ impl Store for MemoryStore {
     ) -> Result<Option<SessionLock>, StoreError> {
         Ok(self.inner.locks.lock(key, wait).await)
     }
+
+    fn supports_index(&self) -> bool {
+        true
+    }
+
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        _until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        let name = entry.name();
+        self.inner
+            .indexes()
+            .entry(name)
+            .or_default()
+            .insert(*key, Timestamp::now());
+        Ok(())
+    }
+
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        let name = entry.name();
+        let mut indexes = self.inner.indexes();
+        if let Some(members) = indexes.get_mut(&name) {
+            members.remove(key);
+            if members.is_empty() {
+                indexes.remove(&name);
+            }
+        }
+        Ok(())
+    }
+
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        let indexes = self.inner.indexes();
+        Ok(indexes
+            .get(&entry.name())
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|(key, added)| IndexMember {
+                        key: *key,
+                        added: *added,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
 }
+
+/// [`PRUNE_GRACE`](crate::index::PRUNE_GRACE) in milliseconds.
+const PRUNE_GRACE_MILLIS: u64 = crate::index::PRUNE_GRACE.as_secs() * 1000;
 
 #[cfg(test)]
 mod tests {

@@ -26,6 +26,16 @@
 //! - [`save`](Store::save) in both modes stores the record's `created_at` and `expires_at`.
 //! - [`touch`](Store::touch) moves the deadline and writes nothing else.
 //! - Errors are returned as [`StoreError`], never as panics.
+//!
+//! # Indexes
+//!
+//! A store that [`supports_index`](Store::supports_index) keeps, for each [`IndexEntry`] (an
+//! indexed field and one of its values, like `user = 42`), the set of store keys whose
+//! session had that value. The layer adds a session to an entry *before* it writes the value
+//! and removes it *after* the value is gone, so a live session is never missing from its
+//! entries; an entry may briefly name a session that no longer has the value (or no longer
+//! exists), which is why readers ([`SessionIndex`](crate::index::SessionIndex)) load every
+//! member and drop the stale ones. Members are never returned in any particular order.
 
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -34,6 +44,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::id::StoreKey;
+pub use crate::index::{IndexEntry, IndexMember};
 use crate::record::{Record, SaveMode, Timestamp};
 
 mod cache;
@@ -137,6 +148,57 @@ pub trait Store: Send + Sync + 'static {
         let _ = (key, lease, wait);
         Err(StoreError::Unsupported("per-session locks"))
     }
+
+    /// Whether the index operations ([`index_add`](Store::index_add),
+    /// [`index_remove`](Store::index_remove), [`index_members`](Store::index_members)) are
+    /// implemented. The layer refuses, at `check()`, a program with `#[session(index)]` fields
+    /// on a store that says no, unless the layer is told to keep no indexes.
+    fn supports_index(&self) -> bool {
+        false
+    }
+
+    /// Adds `key` to the sessions under `entry`; adding a member twice is not an error.
+    /// `until`, when given, is the latest time any session can still be live under this entry
+    /// (the absolute timeout): stores that expire data by themselves may drop the entry then.
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        let _ = (entry, key, until);
+        Err(StoreError::Unsupported("session indexes"))
+    }
+
+    /// Removes `key` from the sessions under `entry`; removing an absent member is not an
+    /// error.
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        let _ = (entry, key);
+        Err(StoreError::Unsupported("session indexes"))
+    }
+
+    /// The members of `entry`, each with the time it was last added, in no particular order.
+    /// Members may be stale (gone or no longer holding the value): callers load them and
+    /// check.
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        let _ = entry;
+        Err(StoreError::Unsupported("session indexes"))
+    }
+
+    /// The live records of `keys`, in the same order, `None` where there is none. The
+    /// default loads them one by one; stores with a batch read override it. A record that
+    /// cannot be read is `None`, as the layer treats it.
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        let mut records = Vec::with_capacity(keys.len());
+        for key in keys {
+            records.push(match self.load(key).await {
+                Ok(record) => record,
+                Err(StoreError::Corrupt(_)) => None,
+                Err(error) => return Err(error),
+            });
+        }
+        Ok(records)
+    }
 }
 
 #[async_trait]
@@ -174,6 +236,26 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         wait: Duration,
     ) -> Result<Option<SessionLock>, StoreError> {
         (**self).lock(key, lease, wait).await
+    }
+    fn supports_index(&self) -> bool {
+        (**self).supports_index()
+    }
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        (**self).index_add(entry, key, until).await
+    }
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        (**self).index_remove(entry, key).await
+    }
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        (**self).index_members(entry).await
+    }
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        (**self).load_many(keys).await
     }
 }
 

@@ -11,7 +11,7 @@ use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value
 use async_trait::async_trait;
 
 use super::lock::{lock_token, retry_lock};
-use super::{Release, SessionLock, Store, StoreError};
+use super::{IndexEntry, IndexMember, Release, SessionLock, Store, StoreError};
 use crate::id::StoreKey;
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 
@@ -78,6 +78,25 @@ static TOUCH: LazyLock<Script> = LazyLock::new(|| {
         "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return 1",
+    )
+});
+
+/// `KEYS[1]` an index entry (a sorted set of store keys scored by when they were added);
+/// `ARGV[1]` now in ms; `ARGV[2]` the store key; `ARGV[3]` the latest deadline of any member in
+/// ms, or empty for none. The set expires with its last possible member.
+static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local existed = redis.call('EXISTS', KEYS[1])
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  local at = redis.call('PEXPIRETIME', KEYS[1])
+  if existed == 0 or (at > 0 and at < tonumber(ARGV[3])) then
+    redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+  end
+end
 return 1",
     )
 });
@@ -316,6 +335,12 @@ impl RedisStore {
         }
     }
 
+    /// The Redis key of an index entry: its own key (and, on a cluster, its own slot), so
+    /// updating it is one single-key command.
+    fn index_key(&self, entry: &IndexEntry) -> String {
+        format!("{}index:{}", self.prefix, entry.digest())
+    }
+
     /// Runs `script` on the session's key with the deadline and field pairs as arguments.
     async fn run_write(
         &self,
@@ -463,6 +488,94 @@ impl Store for RedisStore {
             })
             .await?;
         Ok(())
+    }
+
+    fn supports_index(&self) -> bool {
+        true
+    }
+
+    /// `ZADD` to the entry's sorted set (scored by the time added), which expires with the
+    /// latest deadline any of its sessions can reach.
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        let mut invocation = INDEX_ADD.prepare_invoke();
+        invocation
+            .key(self.index_key(entry))
+            .arg(Timestamp::now().as_millis())
+            .arg(key.as_str())
+            .arg(until.map_or_else(String::new, |t| t.as_millis().to_string()));
+        let invocation = &invocation;
+        let _: i64 = self
+            .call("index_add", move |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        let mut command = ::redis::cmd("ZREM");
+        command.arg(self.index_key(entry)).arg(key.as_str());
+        let command = &command;
+        let _removed: i64 = self
+            .call("index_remove", move |mut connection| async move {
+                command.query_async(&mut connection).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        let mut command = ::redis::cmd("ZRANGE");
+        command
+            .arg(self.index_key(entry))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES");
+        let command = &command;
+        let pairs: Vec<(String, f64)> = self
+            .call("index_members", move |mut connection| async move {
+                command.query_async(&mut connection).await
+            })
+            .await?;
+        Ok(pairs
+            .into_iter()
+            .filter_map(|(member, added)| {
+                Some(IndexMember {
+                    key: StoreKey::parse(&member)?,
+                    // Scores are whole milliseconds, well inside f64's exact range.
+                    added: Timestamp::from_millis(added.max(0.0) as u64),
+                })
+            })
+            .collect())
+    }
+
+    /// All at once: the loads go out together on the multiplexed connection (pipelined), in
+    /// batches of 256, so a thousand sessions cost a few round trips, not a thousand.
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        let mut records = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(256) {
+            let mut loads = tokio::task::JoinSet::new();
+            for (position, key) in batch.iter().enumerate() {
+                let (store, key) = (self.clone(), *key);
+                loads.spawn(async move { (position, store.load(&key).await) });
+            }
+            let mut batch_records = vec![None; batch.len()];
+            while let Some(joined) = loads.join_next().await {
+                let (position, loaded) = joined.map_err(StoreError::backend)?;
+                batch_records[position] = match loaded {
+                    Ok(record) => record,
+                    Err(StoreError::Corrupt(_)) => None,
+                    Err(error) => return Err(error),
+                };
+            }
+            records.extend(batch_records);
+        }
+        Ok(records)
     }
 }
 
