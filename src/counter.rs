@@ -10,6 +10,8 @@
 //! | `GET /cart` | the cart, one item per line |
 //! | `POST /logout` | destroys the session, `303` to `/`; a new session holds the flash `Signed out` |
 //! | `GET /flash` | `flash: TEXT` once after login (`Welcome, NAME`) or logout (`Signed out`), then `flash: none` |
+//! | `GET /sessions` | the current user's sessions, one per line, oldest login first: `* LAST_USED created CREATED expires EXPIRES session SHORT_ID`, `*` marking this one (others start with a space); `user: none` when not logged in |
+//! | `POST /sessions/revoke-others` | ends every other session of the current user (they are logged out at their next request), `303` to `/sessions` |
 //!
 //! The session token travels in the `sid` cookie, or, with `SESSION_TRANSPORT=header` (or
 //! `both`), in the `X-Session-Token` header: the first response carries it, and a client
@@ -25,6 +27,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use session_core::store::{CachingStore, MemoryStore, Store};
+use session_core::index::SessionIndex;
 use session_core::{Key, Session, SessionLayer, Transport};
 use tower_http::timeout::TimeoutLayer;
 
@@ -39,7 +42,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the app keeps per visitor.
 #[derive(Session)]
 pub struct Visit {
-    user: Option<String>,
+    /// Indexed: `GET /sessions` lists a user's sessions, and they can be revoked together.
+    #[session(index)]
+    pub user: Option<String>,
     views: u32,
     cart: Vec<String>,
     /// A message for the next request: `Welcome, NAME` after login, `Signed out` after logout.
@@ -57,6 +62,8 @@ pub fn routes() -> Router {
         .route("/cart", get(cart).post(add_to_cart))
         .route("/logout", post(logout))
         .route("/flash", get(flash))
+        .route("/sessions", get(sessions))
+        .route("/sessions/revoke-others", post(revoke_others))
 }
 
 /// The app with sessions in `store`, as the example serves it by default.
@@ -370,4 +377,57 @@ async fn flash(visit: Session<Visit>) -> String {
         Some(message) => format!("flash: {message}"),
         None => "flash: none".to_owned(),
     }
+}
+
+async fn sessions(visit: Session<Visit>, index: SessionIndex) -> Response {
+    let Some(user) = visit.user().clone() else {
+        return "user: none".into_response();
+    };
+    drop(visit);
+    match index.list(Visit::user_index(), &user).await {
+        Ok(list) => {
+            let mut body = String::new();
+            for session in list {
+                body.push_str(&format!(
+                    "{} {} created {} expires {} session {}\n",
+                    if session.current { '*' } else { ' ' },
+                    rfc3339(session.last_used),
+                    rfc3339(session.created_at),
+                    rfc3339(session.expires_at),
+                    session.session,
+                ));
+            }
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not list the user's sessions");
+            (StatusCode::SERVICE_UNAVAILABLE, "sessions unavailable").into_response()
+        }
+    }
+}
+
+async fn revoke_others(visit: Session<Visit>, index: SessionIndex) -> Response {
+    let Some(user) = visit.user().clone() else {
+        return Redirect::to("/sessions").into_response();
+    };
+    drop(visit);
+    match index.revoke_others(Visit::user_index(), &user).await {
+        Ok(ended) => {
+            tracing::info!(ended, "revoked the user's other sessions");
+            Redirect::to("/sessions").into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not revoke the user's other sessions");
+            (StatusCode::SERVICE_UNAVAILABLE, "sessions unavailable").into_response()
+        }
+    }
+}
+
+/// `2026-12-02T10:00:00Z`, to the second.
+fn rfc3339(time: std::time::SystemTime) -> String {
+    let time = time::OffsetDateTime::from(time)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    time.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }

@@ -10,8 +10,9 @@
 //! | `POST /cart/clear` (`_csrf`) | empties the cart, flash, `303` to `/cart` |
 //! | `GET /login` | the login form (name, "remember me") |
 //! | `POST /login` (`name`, optional `remember=1`, `_csrf`) | new session id, flash, `303` to `/account`; "remember me" keeps the cookie 30 days |
-//! | `GET /account` | who is signed in (`303` to `/login` when nobody is) |
-//! | `POST /logout` (`_csrf`) | destroys the session, `303` to `/?signed-out` (which says so) |
+//! | `GET /account` | who is signed in and their sessions, this browser's marked (`303` to `/login` when nobody is) |
+//! | `POST /account/sign-out-others` (`_csrf`) | ends the user's other sessions (they are signed out at their next page), flash, `303` to `/account` |
+//! | `POST /logout` (`_csrf`) | destroys the session, `303` to `/?signed-out`; a new session carries the flash "You are signed out." |
 //! | `GET /style.css` | the stylesheet |
 //!
 //! Every POST without the session's CSRF token gets `403` and changes nothing. Every page
@@ -26,7 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Form, RawQuery};
+use axum::extract::Form;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -34,6 +35,7 @@ use axum::Router;
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use session_core::csrf::{self, CsrfToken};
+use session_core::index::SessionIndex;
 use session_core::store::Store;
 use session_core::{Key, Session, SessionLayer};
 
@@ -44,12 +46,20 @@ use crate::counter::{self, REMEMBER_ME};
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// What the shop keeps per visitor.
+///
+/// Its keys live in the `shop` namespace, so the shop can share a session store (and a
+/// domain) with the counter app without either reading the other's `cart`.
 #[derive(Session)]
+#[session(namespace = "shop")]
 pub struct Shopper {
-    user: Option<String>,
+    /// Indexed: the account page lists the user's sessions and signs out the others.
+    #[session(index)]
+    pub user: Option<String>,
     /// Product slug to quantity.
     cart: BTreeMap<String, u32>,
-    /// A message for the next page, shown once (see [`take_flash`]).
+    /// A message for the next page: set by an action, shown by the page after its redirect,
+    /// then gone.
+    #[session(flash)]
     flash: Option<String>,
     csrf: Option<CsrfToken>,
 }
@@ -128,6 +138,7 @@ pub fn routes() -> Router {
         .route("/cart/clear", post(clear_cart))
         .route("/login", get(login_page).post(login))
         .route("/account", get(account))
+        .route("/account/sign-out-others", post(sign_out_others))
         .route("/logout", post(logout))
         .route("/style.css", get(stylesheet))
 }
@@ -151,15 +162,10 @@ pub fn layer(store: Arc<dyn Store>, key: Key) -> SessionLayer {
 /// The query string of the page a logout leads to.
 const SIGNED_OUT: &str = "signed-out";
 
-/// Leaves a message for the next page.
+/// Leaves a message for the next page (a flash field: the page after the redirect shows it,
+/// and it is gone after that request, shown or not).
 fn set_flash(shopper: &mut Session<Shopper>, message: String) {
     shopper.set_flash(Some(message));
-}
-
-/// The message left for this page, removed so it shows once. The only reader of the
-/// `flash` field, so that it can move to the library's own flash support in one place.
-fn take_flash(shopper: &mut Session<Shopper>) -> Option<String> {
-    shopper.flash_mut().take()
 }
 
 /// A form's CSRF token, checked before anything changes.
@@ -207,7 +213,7 @@ fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
 
 /// Renders a page for `shopper`: takes the flash and issues the CSRF token its forms need.
 fn render(shopper: &mut Session<Shopper>, title: &str, body: Markup) -> Response {
-    let flash = take_flash(shopper);
+    let flash = shopper.flash().clone();
     let items = shopper.cart().values().sum();
     let token = CsrfToken::issue(shopper.csrf_mut()).as_str().to_owned();
     let user = shopper.user().clone();
@@ -265,11 +271,7 @@ fn price(cents: u32) -> String {
     format!("€{}.{:02}", cents / 100, cents % 100)
 }
 
-async fn catalogue(mut shopper: Session<Shopper>, RawQuery(query): RawQuery) -> Response {
-    // Logout destroys the session, so its message travels in the URL instead.
-    if query.as_deref() == Some(SIGNED_OUT) {
-        set_flash(&mut shopper, "You are signed out.".to_owned());
-    }
+async fn catalogue(mut shopper: Session<Shopper>) -> Response {
     let token = CsrfToken::issue(shopper.csrf_mut()).as_str().to_owned();
     let body = html! {
         section.hero {
@@ -423,12 +425,21 @@ async fn login(mut shopper: Session<Shopper>, Form(form): Form<LoginForm>) -> Re
     Redirect::to("/account").into_response()
 }
 
-async fn account(mut shopper: Session<Shopper>) -> Response {
+async fn account(mut shopper: Session<Shopper>, index: SessionIndex) -> Response {
     let Some(name) = shopper.user().clone() else {
         return (no_store(), Redirect::to("/login")).into_response();
     };
     let remembered = shopper.cookie_max_age().is_some();
     let items: u32 = shopper.cart().values().sum();
+    let token = CsrfToken::issue(shopper.csrf_mut()).as_str().to_owned();
+    let sessions = match index.list(Shopper::user_index(), &name).await {
+        Ok(sessions) => sessions,
+        Err(error) => {
+            tracing::error!(%error, "could not list the user's sessions");
+            Vec::new()
+        }
+    };
+    let others = sessions.iter().filter(|s| !s.current).count();
     let body = html! {
         section.panel {
             h1 { "Your account" }
@@ -440,10 +451,71 @@ async fn account(mut shopper: Session<Shopper>) -> Response {
                     @else { "until you close the browser" }
                 }
             }
-            p.hint { "Signing out other devices needs the library's session index, which is not there yet." }
+        }
+        section.panel #your-sessions {
+            h2 { "Your sessions" }
+            table.cart #sessions {
+                thead { tr { th { "Session" } th { "Signed in" } th { "Last used" } } }
+                tbody {
+                    @for session in &sessions {
+                        tr.session data-current=(session.current) {
+                            td {
+                                code { (session.session) }
+                                @if session.current { " " span.badge.this #this-session { "this browser" } }
+                            }
+                            td { (ago(session.created_at)) }
+                            td { (ago(session.last_used)) }
+                        }
+                    }
+                }
+            }
+            @if others > 0 {
+                form method="post" action="/account/sign-out-others" {
+                    input type="hidden" name="_csrf" value=(token);
+                    button.button.secondary #sign-out-others type="submit" {
+                        "Sign out the other " (others) @if others == 1 { " session" } @else { " sessions" }
+                    }
+                }
+            } @else {
+                p.hint #no-other-sessions { "No other browser is signed in as you." }
+            }
         }
     };
     render(&mut shopper, "Account", body)
+}
+
+/// `just now`, `5 min ago`, `3 h ago` or `2 days ago`.
+fn ago(time: std::time::SystemTime) -> String {
+    let seconds = time.elapsed().unwrap_or_default().as_secs();
+    match seconds {
+        0..60 => "just now".to_owned(),
+        60..3600 => format!("{} min ago", seconds / 60),
+        3600..86_400 => format!("{} h ago", seconds / 3600),
+        _ => format!("{} days ago", seconds / 86_400),
+    }
+}
+
+async fn sign_out_others(
+    mut shopper: Session<Shopper>,
+    index: SessionIndex,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if let Some(refused) = csrf_refusal(&shopper, form.csrf.as_deref()) {
+        return refused;
+    }
+    let Some(name) = shopper.user().clone() else {
+        return Redirect::to("/login").into_response();
+    };
+    let message = match index.revoke_others(Shopper::user_index(), &name).await {
+        Ok(1) => "Signed out 1 other session.".to_owned(),
+        Ok(ended) => format!("Signed out {ended} other sessions."),
+        Err(error) => {
+            tracing::error!(%error, "could not sign out the user's other sessions");
+            "Could not sign out the other sessions; try again.".to_owned()
+        }
+    };
+    set_flash(&mut shopper, message);
+    Redirect::to("/account").into_response()
 }
 
 async fn logout(mut shopper: Session<Shopper>, Form(form): Form<CsrfOnly>) -> Response {
@@ -451,6 +523,8 @@ async fn logout(mut shopper: Session<Shopper>, Form(form): Form<CsrfOnly>) -> Re
         return refused;
     }
     shopper.destroy();
+    // Written after `destroy()`: a new, empty session carries the message to the next page.
+    set_flash(&mut shopper, "You are signed out.".to_owned());
     Redirect::to(&format!("/?{SIGNED_OUT}")).into_response()
 }
 

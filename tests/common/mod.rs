@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use session_core::store::MemoryStore;
+use session_core::store::{IndexEntry, IndexMember, MemoryStore};
 use session_core::{Key, Record, SaveMode, Store, StoreError, StoreKey, Timestamp};
 use tower::ServiceExt;
 
@@ -99,6 +99,24 @@ impl Store for RecordingStore {
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
         self.record("delete", key, None, None);
         self.inner.delete(key).await
+    }
+    // Index calls go to the memory store unrecorded: only the session calls are asserted.
+    fn supports_index(&self) -> bool {
+        true
+    }
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.inner.index_add(entry, key, until).await
+    }
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        self.inner.index_remove(entry, key).await
+    }
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        self.inner.index_members(entry).await
     }
 }
 
