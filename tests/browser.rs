@@ -375,6 +375,53 @@ async fn two_browser_contexts_are_two_independent_sessions() {
     bob.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn signing_out_other_sessions_in_one_browser_logs_the_other_out() {
+    let Some(rig) = Rig::start().await else {
+        return;
+    };
+    // One user in two browsers (a laptop and a phone).
+    let laptop = rig.browser().await;
+    let phone = rig.browser().await;
+    log_in(&rig, &laptop, "Ada", false).await;
+    log_in(&rig, &phone, "Ada", false).await;
+    add_to_cart(&rig, &phone, "cups").await;
+
+    laptop.goto(&rig.url("/account")).await.unwrap();
+    let rows = laptop.find_all(Locator::Css("tr.session")).await.unwrap();
+    assert_eq!(rows.len(), 2, "the account page lists both sessions");
+    let mut current = 0;
+    for row in &rows {
+        if row.attr("data-current").await.unwrap().as_deref() == Some("true") {
+            current += 1;
+        }
+    }
+    assert_eq!(current, 1, "exactly one row is this browser");
+    assert!(exists(&laptop, "#this-session").await);
+    screenshot(&laptop, "shop-your-sessions").await;
+
+    click_and_wait(&laptop, "#sign-out-others").await;
+    assert_eq!(path_of(&laptop).await, "/account");
+    assert_eq!(text(&laptop, "#flash").await, "Signed out 1 other session.");
+    assert_eq!(
+        laptop.find_all(Locator::Css("tr.session")).await.unwrap().len(),
+        1
+    );
+    assert!(exists(&laptop, "#no-other-sessions").await);
+
+    // The phone's next navigation finds its session gone: logged out, cart empty.
+    phone.goto(&rig.url("/account")).await.unwrap();
+    assert_eq!(path_of(&phone).await, "/login");
+    assert!(!exists(&phone, "#user").await);
+    assert!(cart_lines(&rig, &phone).await.is_empty());
+    // The laptop is still signed in.
+    laptop.goto(&rig.url("/account")).await.unwrap();
+    assert_eq!(text(&laptop, "#user").await, "Ada");
+
+    laptop.close().await.unwrap();
+    phone.close().await.unwrap();
+}
+
 /// Logs in, then "closes the browser": a new browser that gets back only the cookies that
 /// outlive a browser session (those with an expiry). Returns that new browser on `/account`.
 async fn reopen_after_login(rig: &Rig, remember: bool) -> Client {

@@ -118,11 +118,20 @@ async fn a_flash_shows_on_the_next_page_only() {
 async fn logout_ends_the_session() {
     let mut client = client();
     log_in(&mut client, "ada", false).await;
+    let signed_in = client.cookie.clone().unwrap();
     let token = csrf_token(&client.get("/account").await.body);
     let reply = client.post("/logout", &format!("_csrf={token}")).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
-    assert!(reply.set_cookie("sid").unwrap().contains("Max-Age=0"));
+    // The message rides a new, empty session: the cookie is replaced, not kept.
+    let replaced = reply.cookie_pair("sid").unwrap();
+    assert_ne!(replaced, signed_in);
     assert_eq!(reply.headers.get(header::LOCATION).unwrap(), "/?signed-out");
+    let page = client.get("/?signed-out").await;
+    assert!(page.body.contains("You are signed out."));
+    assert!(!page.body.contains("ada"), "nothing of the old session shows");
+    assert!(!client.get("/").await.body.contains("You are signed out."));
+    // The old cookie leads nowhere.
+    client.cookie = Some(signed_in);
     let reply = client.get("/account").await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(reply.headers.get(header::LOCATION).unwrap(), "/login");

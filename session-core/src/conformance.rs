@@ -625,6 +625,8 @@ pub enum Op {
     Delete,
     /// [`Store::lock`].
     Lock,
+    /// [`Store::index_add`], [`Store::index_remove`] and [`Store::index_members`].
+    Index,
 }
 
 /// What [`FaultStore`] does to a call.
@@ -782,5 +784,36 @@ impl<S: Store> Store for FaultStore<S> {
     ) -> Result<Option<crate::store::SessionLock>, StoreError> {
         self.disturb(Op::Lock).await?;
         self.inner.lock(key, lease, wait).await
+    }
+    fn supports_index(&self) -> bool {
+        self.inner.supports_index()
+    }
+    async fn index_add(
+        &self,
+        entry: &crate::store::IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.disturb(Op::Index).await?;
+        self.inner.index_add(entry, key, until).await
+    }
+    async fn index_remove(
+        &self,
+        entry: &crate::store::IndexEntry,
+        key: &StoreKey,
+    ) -> Result<(), StoreError> {
+        self.disturb(Op::Index).await?;
+        self.inner.index_remove(entry, key).await
+    }
+    async fn index_members(
+        &self,
+        entry: &crate::store::IndexEntry,
+    ) -> Result<Vec<crate::store::IndexMember>, StoreError> {
+        self.disturb(Op::Index).await?;
+        self.inner.index_members(entry).await
+    }
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        self.disturb(Op::Load).await?;
+        self.inner.load_many(keys).await
     }
 }

@@ -143,6 +143,15 @@ pub use crate::transport::{TlsConnection, TokenHeader, Transport};
 /// - `#[session(flash)]`, on an `Option<T>` field: a flash message. A value set in one request
 ///   is readable in it and in the next, and removed at the end of the next, read or not; it
 ///   survives `regenerate`, and a value set after `destroy()` rides the new session.
+/// - `#[session(index)]`, on an `Option<T>` field whose `T` is an
+///   [`IndexValue`](crate::index::IndexValue) (integers, `String`, `bool`, `char`, or your own
+///   type): the store keeps the set of sessions holding each value, and the derive generates
+///   `Struct::<field>_index()` to list, count and revoke them with
+///   [`SessionIndex`](crate::index::SessionIndex). Not with `flash`.
+///
+/// The derive also registers the struct, so the layer's `check()` can refuse two structs that
+/// store one un-namespaced key with different types (see
+/// [`ConfigError::KeyTypeConflict`]).
 ///
 /// Field names that `Session` itself uses (`id`, `data`, `regenerate`, `clear`, `destroy`,
 /// `reload`, `save`, `touch`, `cookie_max_age`, ...) are refused: keep the stored key with

@@ -250,15 +250,22 @@ fn indexes(input: &Input, fields: &[Field], keys: &[LitStr]) -> TokenStream {
             let ty = &field.ty;
             let span = field.ty_span();
             let method = format_ident!("{}_index", field.name, span = field.ident.span());
-            let value = quote_spanned!(span=> <#ty as #private::IndexedField>::Value);
+            // Every token on the field's type, the runtime's path included, so the one
+            // error for a type that cannot be indexed points there.
+            let value = respan(
+                quote!(<#ty as #private::IndexedField>::Value),
+                span,
+            );
             let doc = format!(
                 "The index of `{}`: list, count and revoke the sessions holding one of its values with `session_core::index::SessionIndex`.",
                 field.name
             );
+            let signature = respan(quote!(fn #method() -> #private::Index<#ident, #value>), span);
+            let body = respan(quote!(#private::Index::new(#key)), span);
             quote! {
                 #[doc = #doc]
-                #vis fn #method() -> #private::Index<#ident, #value> {
-                    #private::Index::new(#key)
+                #vis #signature {
+                    #body
                 }
             }
         })
@@ -271,6 +278,24 @@ fn indexes(input: &Input, fields: &[Field], keys: &[LitStr]) -> TokenStream {
             #(#methods)*
         }
     }
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut group =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                group.set_span(span);
+                token = proc_macro2::TokenTree::Group(group);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }
 
 /// The constant holding one field's functions, spanned on the field's type; a custom default

@@ -83,6 +83,10 @@ fn uninhabited(input: &Input) -> TokenStream {
                 fn data(&self) -> &D {
                     match self.0 {}
                 }
+
+                fn into_data(self) -> D {
+                    match self.0 {}
+                }
             }
         };
     }

@@ -13,6 +13,8 @@ use super::{get as get_req, send, Client};
 
 #[derive(Session)]
 pub struct Cart {
+    /// Not `items`, which other tests' structs store as `Vec<String>`.
+    #[session(rename = "numbers")]
     items: Vec<u32>,
 }
 

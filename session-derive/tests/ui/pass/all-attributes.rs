@@ -27,7 +27,17 @@ mod app {
         pub history: Vec<String>,
         #[session(flash)]
         pub notice: Option<String>,
+        #[session(index)]
+        pub user_id: Option<u64>,
+        #[session(index, rename = "org")]
+        pub organisation: Option<OrgId>,
     }
+
+    /// An identifier type of the app's own, usable as an index value.
+    #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+    pub struct OrgId(pub u32);
+
+    impl session_core::index::IndexValue for OrgId {}
 
     /// A namespaced struct with a flash field.
     #[derive(Session)]
@@ -111,7 +121,16 @@ fn nothing(session: Session<Nothing>) -> Option<session_core::SessionId> {
     session.id()
 }
 
+async fn sessions_of(index: session_core::index::SessionIndex) -> usize {
+    let by_user = index.count(app::Visit::user_id_index(), &7).await.unwrap_or(0);
+    let by_org = index
+        .list(app::Visit::organisation_index(), &app::OrgId(3))
+        .await
+        .map_or(0, |sessions| sessions.len());
+    by_user + by_org
+}
+
 fn main() {
     // The handlers only need to type-check.
-    let _ = (handler, trail, reexported, nothing);
+    let _ = (handler, trail, reexported, nothing, sessions_of);
 }
