@@ -473,7 +473,8 @@ async fn account(mut shopper: Session<Shopper>, index: SessionIndex) -> Response
                 form method="post" action="/account/sign-out-others" {
                     input type="hidden" name="_csrf" value=(token);
                     button.button.secondary #sign-out-others type="submit" {
-                        "Sign out the other " (others) @if others == 1 { " session" } @else { " sessions" }
+                        @if others == 1 { "Sign out the other session" }
+                        @else { "Sign out the other " (others) " sessions" }
                     }
                 }
             } @else {
@@ -568,6 +569,8 @@ form.inline { display: inline; margin: 0; }
 button.link { border: 0; background: none; font: inherit; color: var(--ink); cursor: pointer; padding: 0; }
 button.link:hover { color: var(--accent); }
 .panel { max-width: 460px; background: #fff; border: 1px solid var(--line); border-radius: 12px; padding: 24px 28px; }
+.panel + .panel { margin-top: 20px; }
+.badge.this { background: var(--accent); color: #fff; }
 .stack { display: grid; gap: 14px; }
 .stack label { display: grid; gap: 4px; }
 .stack input[type=text] { padding: 9px 10px; border: 1px solid var(--line); border-radius: 8px; font: inherit; }
