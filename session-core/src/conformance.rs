@@ -759,8 +759,8 @@ pub async fn index_entries_last_until_their_bound(store: &Arc<dyn Store>) {
 
 /// A purge keeps fresh members even when their session is missing or expired: a member is
 /// added before its record is stored, so a write in flight must not lose it. (Removing
-/// members older than [`PRUNE_GRACE`](crate::index::PRUNE_GRACE) cannot be tested through
-/// the trait, which cannot age them: stores test that on their own.)
+/// members of ended sessions once they are older than the grace, a minute, cannot be tested
+/// through the trait, which cannot age them: stores test that on their own.)
 pub async fn purge_keeps_fresh_index_members(store: &Arc<dyn Store>) {
     if !keeps_indexes(store).await {
         return;

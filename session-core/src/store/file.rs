@@ -159,6 +159,8 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// - **Expiry on read**: an expired file is never loaded, even before it is removed.
 /// - **Reaped**: a background task removes expired files (every five minutes by default,
 ///   randomised) and stops when the last clone of the store is dropped.
+/// - **Indexes** (`#[session(index)]`): one file per member in `DIR/.index/<entry>/`, written
+///   by rename; the reaper removes the members of ended sessions.
 ///
 /// Each session is `DIR/<key>.json`, versioned JSON; other names in the folder are ignored.
 /// Several processes may share the folder: writes take an advisory lock (`flock`) on one of

@@ -72,6 +72,9 @@ const DEADLOCK_ATTEMPTS: usize = 3;
 /// - **Partial writes**: [`SaveMode::Merge`] merges the changed fields with
 ///   `JSON_MERGE_PATCH` in one statement, so two requests (on any instances) changing
 ///   different fields both keep their change.
+/// - **Indexes** (`#[session(index)]`): members in a side table `<table>_index` keyed by
+///   (entry, session key), created with the table; listing reads one range of its primary
+///   key, and the purge removes the members of ended sessions.
 ///
 /// Expiry is judged by the app's clock, so keep the instances' clocks in sync (NTP).
 /// Cloning is cheap and shares the connection pool.

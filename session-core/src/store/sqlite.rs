@@ -63,6 +63,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// - **Partial writes**: [`SaveMode::Merge`] patches the stored fields with `json_patch` in
 ///   one statement, so two requests changing different fields both keep their change.
 /// - **Concurrency**: WAL mode and a busy timeout; writers queue rather than fail.
+/// - **Indexes** (`#[session(index)]`): members in a side table `<table>_index` keyed by
+///   (entry, session key), created with the table; listing reads one range of its primary
+///   key, and the purge removes the members of ended sessions.
 ///
 /// Cloning is cheap and shares the connection pool.
 ///
