@@ -108,8 +108,8 @@ async fn create_load_and_merge_latency_per_store() {
 
 /// Fills one index entry with `count` live sessions, then times listing its members and
 /// loading them: the best and the median of `runs` tries, in ms, each as
-/// (members, load_many, both).
-async fn measure_listing(store: &dyn Store, count: usize, runs: usize) -> [(f64, f64); 3] {
+/// (members, load_many, both); and, once, the same loads one `load` at a time, in ms.
+async fn measure_listing(store: &dyn Store, count: usize, runs: usize) -> ([(f64, f64); 3], f64) {
     let entry = IndexEntry::new("user", &format!("\"{}\"", key()));
     let session = record(
         &[("user", entry.value()), ("views", "1")],
@@ -135,6 +135,11 @@ async fn measure_listing(store: &dyn Store, count: usize, runs: usize) -> [(f64,
         loading.push(loaded);
         both.push(listed + loaded);
     }
+    let started = Instant::now();
+    for key in &keys {
+        assert!(store.load(key).await.unwrap().is_some());
+    }
+    let one_by_one = started.elapsed().as_secs_f64() * 1000.0;
     for key in &keys {
         store.index_remove(&entry, key).await.unwrap();
         store.delete(key).await.unwrap();
@@ -144,7 +149,10 @@ async fn measure_listing(store: &dyn Store, count: usize, runs: usize) -> [(f64,
         let at = |d: Duration| d.as_secs_f64() * 1000.0;
         (at(samples[0]), at(samples[samples.len() / 2]))
     };
-    [ms(&mut listing), ms(&mut loading), ms(&mut both)]
+    (
+        [ms(&mut listing), ms(&mut loading), ms(&mut both)],
+        one_by_one,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,13 +175,13 @@ async fn one_user_with_1000_sessions_lists_in_one_call_per_store() {
         ("cache over Redis", stores::cached_redis().await),
     ];
     println!("one entry of {count} sessions, 5 runs; ms, best / median");
-    println!("| store | index_members | load_many | list total |");
-    println!("|---|--:|--:|--:|");
+    println!("| store | index_members | load_many | list total | {count} loads one by one |");
+    println!("|---|--:|--:|--:|--:|");
     for (name, store) in candidates {
         let Some(store) = store else { continue };
-        let [members, loads, both] = measure_listing(&*store, count, 5).await;
+        let ([members, loads, both], one_by_one) = measure_listing(&*store, count, 5).await;
         println!(
-            "| {name} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            "| {name} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {one_by_one:.1} |",
             members.0, members.1, loads.0, loads.1, both.0, both.1
         );
     }
