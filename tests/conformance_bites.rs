@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use session_core::conformance::{self, Check};
-use session_core::store::{LocalLocks, SessionLock};
+use session_core::store::{IndexEntry, IndexMember, LocalLocks, SessionLock};
 use session_core::{Record, SaveMode, Store, StoreError, StoreKey, Timestamp};
 
 /// What is wrong with a [`FlawedStore`].
@@ -27,6 +27,25 @@ enum Flaw {
     RevivesExpired,
     /// The lock is never taken over, whatever the lease.
     LockIgnoresLease,
+    /// Adding a member again keeps its first `added` time.
+    IndexAddKeepsOldTime,
+    /// Removing a member empties its entry.
+    IndexRemoveEmptiesEntry,
+    /// Deleting a session also removes it from every entry.
+    IndexFollowsDelete,
+    /// An entry expires with the bound of its latest add, not the latest bound.
+    IndexLastBoundWins,
+    /// The purge removes members whose session is missing, however young.
+    PurgeDropsFreshMembers,
+    /// `load_many` answers in the order of the keys, sorted.
+    LoadManySorted,
+}
+
+/// An index entry of a [`FlawedStore`]: its members and when each was added, and its bound.
+#[derive(Clone, Default)]
+struct Members {
+    added: HashMap<StoreKey, Timestamp>,
+    until: Option<Timestamp>,
 }
 
 /// An in-memory store with one chosen flaw.
@@ -34,6 +53,7 @@ struct FlawedStore {
     flaw: Flaw,
     records: Mutex<HashMap<StoreKey, Record>>,
     locks: LocalLocks,
+    index: Mutex<HashMap<String, Members>>,
 }
 
 impl FlawedStore {
@@ -42,11 +62,16 @@ impl FlawedStore {
             flaw,
             records: Mutex::default(),
             locks: LocalLocks::new(),
+            index: Mutex::default(),
         })
     }
 
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<StoreKey, Record>> {
         self.records.lock().unwrap()
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<String, Members>> {
+        self.index.lock().unwrap()
     }
 
     /// The record under `key` that a write may go over.
@@ -138,6 +163,11 @@ impl Store for FlawedStore {
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
         self.records().remove(key);
+        if self.flaw == Flaw::IndexFollowsDelete {
+            for members in self.index().values_mut() {
+                members.added.remove(key);
+            }
+        }
         Ok(())
     }
 
@@ -146,7 +176,105 @@ impl Store for FlawedStore {
         let mut records = self.records();
         let before = records.len();
         records.retain(|_, r| !r.is_expired(now));
-        Ok((before - records.len()) as u64)
+        let removed = (before - records.len()) as u64;
+        // Members of ended sessions go once older than a minute (or at once, when flawed).
+        let grace = match self.flaw {
+            Flaw::PurgeDropsFreshMembers => 0,
+            _ => 60_000,
+        };
+        for members in self.index().values_mut() {
+            members.added.retain(|key, added| {
+                records.get(key).is_some_and(|r| !r.is_expired(now))
+                    || added.as_millis() + grace > now.as_millis()
+            });
+        }
+        Ok(removed)
+    }
+
+    fn supports_index(&self) -> bool {
+        true
+    }
+
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        let now = Timestamp::now();
+        let update = |members: &mut Members, flaw: Flaw| {
+            members.until = match (members.added.is_empty(), members.until, until, flaw) {
+                (_, _, _, Flaw::IndexLastBoundWins) | (true, _, _, _) => until,
+                (false, Some(bound), Some(until), _) => Some(bound.max(until)),
+                (false, _, _, _) => None,
+            };
+            let keeps_old = flaw == Flaw::IndexAddKeepsOldTime;
+            members
+                .added
+                .entry(*key)
+                .and_modify(|added| *added = if keeps_old { *added } else { now })
+                .or_insert(now);
+        };
+        if self.flaw == Flaw::Racy {
+            // Read the entry, change it, write it back whole: adds in between are lost.
+            let mut members = self
+                .index()
+                .get(entry.digest())
+                .cloned()
+                .unwrap_or_default();
+            update(&mut members, self.flaw);
+            self.gap();
+            self.index().insert(entry.digest().to_owned(), members);
+            return Ok(());
+        }
+        update(
+            self.index().entry(entry.digest().to_owned()).or_default(),
+            self.flaw,
+        );
+        Ok(())
+    }
+
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        if let Some(members) = self.index().get_mut(entry.digest()) {
+            if self.flaw == Flaw::IndexRemoveEmptiesEntry {
+                members.added.clear();
+            } else {
+                members.added.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        let now = Timestamp::now();
+        let index = self.index();
+        let Some(members) = index.get(entry.digest()) else {
+            return Ok(Vec::new());
+        };
+        // An entry past its bound has expired, as a store with native expiry drops it.
+        if members.until.is_some_and(|until| until <= now) {
+            return Ok(Vec::new());
+        }
+        Ok(members
+            .added
+            .iter()
+            .map(|(key, added)| IndexMember {
+                key: *key,
+                added: *added,
+            })
+            .collect())
+    }
+
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        let mut keys = keys.to_vec();
+        if self.flaw == Flaw::LoadManySorted {
+            keys.sort();
+        }
+        let mut records = Vec::with_capacity(keys.len());
+        for key in &keys {
+            records.push(self.load(key).await?);
+        }
+        Ok(records)
     }
 
     fn supports_locks(&self) -> bool {
@@ -295,4 +423,50 @@ async fn writes_over_expired_records_fail_expired_records_are_not_revived() {
 async fn a_lock_without_a_lease_fails_the_lease_check() {
     let [check] = named(["a_holder_that_stalls_past_its_lease_loses_the_lock"]);
     assert_caught(Flaw::LockIgnoresLease, check).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_racy_index_add_fails_the_concurrent_adds_check() {
+    let [check] = named(["concurrent_index_adds_to_one_entry_are_all_kept"]);
+    assert_caught(Flaw::Racy, check).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_add_that_keeps_the_old_time_fails_the_refresh_check() {
+    let [check] = named(["index_add_is_idempotent_and_refreshes_added"]);
+    assert_caught(Flaw::IndexAddKeepsOldTime, check).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remove_that_empties_the_entry_fails_the_remove_checks() {
+    for check in named([
+        "index_remove_leaves_the_other_members",
+        "index_add_list_and_remove_round_trip",
+    ]) {
+        assert_caught(Flaw::IndexRemoveEmptiesEntry, check).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_index_tied_to_the_records_fails_the_independence_check() {
+    let [check] = named(["index_members_are_independent_of_session_records"]);
+    assert_caught(Flaw::IndexFollowsDelete, check).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entry_cut_short_by_a_later_bound_fails_the_bound_check() {
+    let [check] = named(["index_entries_last_until_their_bound"]);
+    assert_caught(Flaw::IndexLastBoundWins, check).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_without_grace_fails_the_fresh_members_check() {
+    let [check] = named(["purge_keeps_fresh_index_members"]);
+    assert_caught(Flaw::PurgeDropsFreshMembers, check).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_many_out_of_order_fails_the_order_check() {
+    let [check] = named(["load_many_returns_records_in_order"]);
+    assert_caught(Flaw::LoadManySorted, check).await;
 }

@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use session_core::store::{CachingStore, RedisStore, SessionLock};
+use session_core::store::{CachingStore, IndexEntry, IndexMember, RedisStore, SessionLock};
 use session_core::{Record, SaveMode, Store, StoreError, StoreKey, Timestamp};
 
 /// Two app instances, each with its own cache, over one Redis.
@@ -104,6 +104,32 @@ impl Store for TwoInstances {
         wait: Duration,
     ) -> Result<Option<SessionLock>, StoreError> {
         self.writer.lock(key, lease, wait).await
+    }
+    fn supports_index(&self) -> bool {
+        self.writer.supports_index()
+    }
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.writer.index_add(entry, key, until).await
+    }
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        self.writer.index_remove(entry, key).await
+    }
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        self.writer.index_members(entry).await
+    }
+    /// Read through the other instance, checked against Redis itself.
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        let seen = self.reader.load_many(keys).await?;
+        let backing = self.backing.load_many(keys).await?;
+        for (seen, backing) in seen.iter().zip(&backing) {
+            same("Redis and another instance's load_many", backing, seen);
+        }
+        Ok(seen)
     }
 }
 

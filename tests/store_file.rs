@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use session_core::conformance::{key, record};
-use session_core::store::{FileStore, Store};
+use session_core::store::{FileStore, IndexEntry, IndexMember, Store};
 use session_core::{Record, SaveMode, StoreError, StoreKey, Timestamp};
 use tempfile::TempDir;
 
@@ -54,6 +54,26 @@ impl Store for TempFileStore {
     }
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         self.store.purge_expired().await
+    }
+    fn supports_index(&self) -> bool {
+        self.store.supports_index()
+    }
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.store.index_add(entry, key, until).await
+    }
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        self.store.index_remove(entry, key).await
+    }
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        self.store.index_members(entry).await
+    }
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        self.store.load_many(keys).await
     }
 }
 
@@ -529,4 +549,85 @@ async fn open_creates_missing_folders_and_refuses_a_file() {
     std::fs::write(&file, b"").unwrap();
     let error = FileStore::open(&file).await.unwrap_err();
     assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
+}
+
+/// The folder of the index entry `entry`, as the module docs lay it out.
+fn entry_dir(dir: &Path, entry: &IndexEntry) -> std::path::PathBuf {
+    dir.join(".index").join(entry.digest())
+}
+
+/// The sweep (`purge_expired`, which the reaper runs) removes index members older than the
+/// grace whose session is gone or expired, keeps live sessions' members and young ones, and
+/// removes the entry's folder once it is empty.
+#[tokio::test]
+async fn purge_removes_old_index_members_of_ended_sessions_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let entry = IndexEntry::new("user", "42");
+    let (old_live, old_gone, old_expired, young_gone) = (key(), key(), key(), key());
+    assert!(store.create(&old_live, &record(&[], MINUTE)).await.unwrap());
+    assert!(store
+        .create(&old_expired, &record(&[], Duration::from_millis(200)))
+        .await
+        .unwrap());
+    for key in [&old_live, &old_gone, &old_expired, &young_gone] {
+        store.index_add(&entry, key, None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let two_minutes_ago = (Timestamp::now().as_millis() - 120_000).to_string();
+    for key in [&old_live, &old_gone, &old_expired] {
+        std::fs::write(
+            entry_dir(dir.path(), &entry).join(key.as_str()),
+            &two_minutes_ago,
+        )
+        .unwrap();
+    }
+    store.purge_expired().await.unwrap();
+    let mut left: Vec<StoreKey> = store
+        .index_members(&entry)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|member| member.key)
+        .collect();
+    left.sort();
+    let mut expected = vec![old_live, young_gone];
+    expected.sort();
+    assert_eq!(left, expected);
+
+    for key in [&old_live, &young_gone] {
+        store.index_remove(&entry, key).await.unwrap();
+    }
+    store.purge_expired().await.unwrap();
+    assert!(
+        !entry_dir(dir.path(), &entry).exists(),
+        "an empty entry folder is removed"
+    );
+    // And made again by the next add.
+    store.index_add(&entry, &old_live, None).await.unwrap();
+    assert_eq!(store.index_members(&entry).await.unwrap().len(), 1);
+}
+
+/// A member file holding something other than a time (written by hand) is still listed, as
+/// added when it was last modified, and leaves no temporary files behind.
+#[tokio::test]
+async fn a_member_file_that_is_not_a_time_is_listed_by_its_modification_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let entry = IndexEntry::new("user", "\"ada\"");
+    let member = key();
+    store.index_add(&entry, &member, None).await.unwrap();
+    let path = entry_dir(dir.path(), &entry).join(member.as_str());
+    std::fs::write(&path, "not a time \u{0}").unwrap();
+    std::fs::write(entry_dir(dir.path(), &entry).join("stray.txt"), "x").unwrap();
+    let listed = store.index_members(&entry).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, member);
+    let age = Timestamp::now().saturating_since(listed[0].added);
+    assert!(age < Duration::from_secs(10), "added {age:?} ago");
+    let names = names_in(&entry_dir(dir.path(), &entry));
+    assert!(
+        names.iter().all(|name| !name.ends_with(".tmp")),
+        "{names:?}"
+    );
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use session_core::conformance::{key, record};
-use session_core::store::{MemcachedStore, Store};
+use session_core::store::{IndexEntry, IndexMember, MemcachedStore, Store};
 use session_core::{SaveMode, StoreError, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -267,4 +267,67 @@ async fn many_clones_share_one_bounded_pool() {
         task.await.unwrap();
     }
     assert_eq!(store.load(&key).await.unwrap().unwrap().fields.len(), 41);
+}
+
+/// An index entry holding lines that are not members (written by hand) lists the lines that
+/// are, and the next add rewrites it as a list that keeps them.
+#[tokio::test]
+async fn an_index_entry_with_unreadable_lines_keeps_its_members() {
+    let Some(store) = store().await else { return };
+    let entry = IndexEntry::new("user", &format!("\"{}\"", key()));
+    let (member, other) = (key(), key());
+    let item_key = format!("{}index:{}", store.prefix(), entry.digest());
+    let value = format!(
+        "garbage\nnot-a-key 12\n{member} 1700000000000\n{} soon\n\u{0}\n",
+        key()
+    );
+    let stored = raw(&format!("set {item_key} 0 60 {}\r\n{value}", value.len())).await;
+    assert!(stored.contains("STORED"), "{stored}");
+    let listed = store.index_members(&entry).await.unwrap();
+    assert_eq!(
+        listed,
+        [IndexMember {
+            key: member,
+            added: Timestamp::from_millis(1_700_000_000_000),
+        }]
+    );
+    store.index_add(&entry, &other, None).await.unwrap();
+    let mut keys: Vec<_> = store
+        .index_members(&entry)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    keys.sort();
+    let mut expected = vec![member, other];
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
+/// The entry's item expires at the latest bound of its adds, and never once an add gave none.
+#[tokio::test]
+async fn an_index_entry_expires_with_its_latest_bound() {
+    let Some(store) = store().await else { return };
+    let entry = IndexEntry::new("user", &format!("\"{}\"", key()));
+    let item_key = format!("{}index:{}", store.prefix(), entry.digest());
+    let now = Timestamp::now();
+    let later = now.saturating_add(Duration::from_secs(600));
+    store.index_add(&entry, &key(), Some(later)).await.unwrap();
+    store
+        .index_add(
+            &entry,
+            &key(),
+            Some(now.saturating_add(Duration::from_secs(60))),
+        )
+        .await
+        .unwrap();
+    let ttl = ttl_seconds(&item_key).await.expect("the entry is stored");
+    assert!((595..=602).contains(&ttl), "expires in {ttl} s");
+    store.index_add(&entry, &key(), None).await.unwrap();
+    assert_eq!(
+        ttl_seconds(&item_key).await,
+        Some(-1),
+        "no bound: no expiry"
+    );
 }

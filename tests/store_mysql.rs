@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use common::sql::{SqlTestStore, MINUTE};
 use session_core::conformance::{key, record};
 use session_core::store::sqlx::{self, MySqlPool};
-use session_core::store::{MySqlStore, Store};
+use session_core::store::{IndexEntry, MySqlStore, Store};
 use session_core::{StoreError, StoreKey, Timestamp};
 use tokio::task::JoinHandle;
 
@@ -155,8 +155,28 @@ impl SqlTestStore for MySqlStore {
         value
     }
 
+    async fn set_index_added(&self, entry: &IndexEntry, key: &StoreKey, added: i64) {
+        let statement = format!(
+            "UPDATE `{}_index` SET added_at = ? WHERE entry = ? AND session_key = ?",
+            self.table_name()
+        );
+        let done = sqlx::query(&statement)
+            .bind(added)
+            .bind(entry.digest())
+            .bind(key.as_str())
+            .execute(self.pool())
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+    }
+
     async fn drop_table(&self) {
-        let statement = format!("DROP TABLE IF EXISTS `{}`", self.table_name());
-        sqlx::query(&statement).execute(self.pool()).await.unwrap();
+        for table in [
+            self.table_name().to_owned(),
+            format!("{}_index", self.table_name()),
+        ] {
+            let statement = format!("DROP TABLE IF EXISTS `{table}`");
+            sqlx::query(&statement).execute(self.pool()).await.unwrap();
+        }
     }
 }

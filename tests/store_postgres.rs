@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::sql::SqlTestStore;
 use session_core::store::sqlx::{self, PgPool};
-use session_core::store::PostgresStore;
+use session_core::store::{IndexEntry, PostgresStore};
 use session_core::{StoreError, StoreKey, Timestamp};
 use tokio::task::JoinHandle;
 
@@ -124,9 +124,29 @@ impl SqlTestStore for PostgresStore {
         value
     }
 
+    async fn set_index_added(&self, entry: &IndexEntry, key: &StoreKey, added: i64) {
+        let statement = format!(
+            "UPDATE \"{}_index\" SET added_at = $1 WHERE entry = $2 AND session_key = $3",
+            self.table_name()
+        );
+        let done = sqlx::query(&statement)
+            .bind(added)
+            .bind(entry.digest())
+            .bind(key.as_str())
+            .execute(self.pool())
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+    }
+
     async fn drop_table(&self) {
-        let statement = format!("DROP TABLE IF EXISTS \"{}\"", self.table_name());
-        sqlx::query(&statement).execute(self.pool()).await.unwrap();
+        for table in [
+            self.table_name().to_owned(),
+            format!("{}_index", self.table_name()),
+        ] {
+            let statement = format!("DROP TABLE IF EXISTS \"{table}\"");
+            sqlx::query(&statement).execute(self.pool()).await.unwrap();
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use common::sql::{SqlTestStore, MINUTE};
 use session_core::conformance::{key, record};
 use session_core::store::sqlx::{self, SqlitePool};
-use session_core::store::{SqliteStore, Store};
+use session_core::store::{IndexEntry, IndexMember, SqliteStore, Store};
 use session_core::{Record, SaveMode, StoreError, StoreKey, Timestamp};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -78,6 +78,26 @@ impl Store for TempSqliteStore {
     }
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         self.store.purge_expired().await
+    }
+    fn supports_index(&self) -> bool {
+        self.store.supports_index()
+    }
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.store.index_add(entry, key, until).await
+    }
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        self.store.index_remove(entry, key).await
+    }
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        self.store.index_members(entry).await
+    }
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        self.store.load_many(keys).await
     }
 }
 
@@ -263,11 +283,31 @@ impl SqlTestStore for TempSqliteStore {
         value
     }
 
-    async fn drop_table(&self) {
-        let statement = format!("DROP TABLE IF EXISTS \"{}\"", self.store.table_name());
-        sqlx::query(&statement)
+    async fn set_index_added(&self, entry: &IndexEntry, key: &StoreKey, added: i64) {
+        let statement = format!(
+            "UPDATE \"{}_index\" SET added_at = ?1 WHERE entry = ?2 AND session_key = ?3",
+            self.store.table_name()
+        );
+        let done = sqlx::query(&statement)
+            .bind(added)
+            .bind(entry.digest())
+            .bind(key.as_str())
             .execute(self.store.pool())
             .await
             .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+    }
+
+    async fn drop_table(&self) {
+        for table in [
+            self.store.table_name().to_owned(),
+            format!("{}_index", self.store.table_name()),
+        ] {
+            let statement = format!("DROP TABLE IF EXISTS \"{table}\"");
+            sqlx::query(&statement)
+                .execute(self.store.pool())
+                .await
+                .unwrap();
+        }
     }
 }

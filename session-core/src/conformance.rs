@@ -18,6 +18,10 @@
 //! tasks that start together on a multi-thread runtime, so a store that is only atomic while
 //! nothing else runs (a data race, a create that checks then writes) fails them.
 //!
+//! The index checks (`index_*`) run on a store that
+//! [`supports_index`](Store::supports_index); on one that does not, they check that it
+//! refuses the index calls with [`StoreError::Unsupported`].
+//!
 //! A store whose per-session lock lives in the process, with no lease, writes
 //! `store_conformance_tests!(in_process_locks: ...)` to leave out the lease check (see
 //! [`a_holder_that_stalls_past_its_lease_loses_the_lock`]). [`checks`] lists every check by
@@ -30,7 +34,7 @@ use std::time::Duration;
 
 use crate::id::{SessionId, StoreKey};
 use crate::record::{Fields, Record, SaveMode, Timestamp};
-use crate::store::{Store, StoreError};
+use crate::store::{IndexEntry, IndexMember, Store, StoreError};
 
 /// A fresh random store key.
 pub fn key() -> StoreKey {
@@ -521,6 +525,312 @@ pub async fn a_holder_that_stalls_past_its_lease_loses_the_lock(store: &Arc<dyn 
     );
 }
 
+/// A fresh index entry: a random value of field `user`, so runs sharing a database never
+/// see each other's members.
+fn entry() -> IndexEntry {
+    IndexEntry::new("user", &format!("\"{}\"", key()))
+}
+
+/// Whether the index checks apply: `true` for a store that keeps indexes. A store that does
+/// not must refuse every index call with [`StoreError::Unsupported`].
+async fn keeps_indexes(store: &Arc<dyn Store>) -> bool {
+    if store.supports_index() {
+        return true;
+    }
+    let (entry, key) = (entry(), key());
+    let refused = [
+        store.index_add(&entry, &key, None).await.err(),
+        store.index_remove(&entry, &key).await.err(),
+        store.index_members(&entry).await.err(),
+    ];
+    for answer in refused {
+        assert!(
+            matches!(answer, Some(StoreError::Unsupported(_))),
+            "a store without indexes answered {answer:?}"
+        );
+    }
+    false
+}
+
+/// The members of `entry`, sorted by key.
+async fn members(store: &Arc<dyn Store>, entry: &IndexEntry) -> Vec<IndexMember> {
+    let mut members = store.index_members(entry).await.unwrap();
+    members.sort_by_key(|member| member.key);
+    members
+}
+
+/// The keys of `entry`'s members, sorted.
+async fn member_keys(store: &Arc<dyn Store>, entry: &IndexEntry) -> Vec<StoreKey> {
+    members(store, entry)
+        .await
+        .into_iter()
+        .map(|member| member.key)
+        .collect()
+}
+
+fn sorted(mut keys: Vec<StoreKey>) -> Vec<StoreKey> {
+    keys.sort();
+    keys
+}
+
+/// Added members are listed with the time they were added; removed ones are not; an entry
+/// never written has no members.
+pub async fn index_add_list_and_remove_round_trip(store: &Arc<dyn Store>) {
+    if !keeps_indexes(store).await {
+        return;
+    }
+    let entry = entry();
+    assert!(store.index_members(&entry).await.unwrap().is_empty());
+    let (first, second) = (key(), key());
+    let before = Timestamp::now();
+    store.index_add(&entry, &first, None).await.unwrap();
+    store.index_add(&entry, &second, None).await.unwrap();
+    let listed = members(store, &entry).await;
+    assert_eq!(
+        listed.iter().map(|m| m.key).collect::<Vec<_>>(),
+        sorted(vec![first, second])
+    );
+    for member in &listed {
+        assert_close(member.added, before, "added");
+    }
+    store.index_remove(&entry, &first).await.unwrap();
+    assert_eq!(member_keys(store, &entry).await, vec![second]);
+    store.index_remove(&entry, &second).await.unwrap();
+    assert!(store.index_members(&entry).await.unwrap().is_empty());
+}
+
+/// Adding a member twice keeps one member and moves its `added` time forward.
+pub async fn index_add_is_idempotent_and_refreshes_added(store: &Arc<dyn Store>) {
+    if !keeps_indexes(store).await {
+        return;
+    }
+    let (entry, member) = (entry(), key());
+    store.index_add(&entry, &member, None).await.unwrap();
+    let first = members(store, &entry).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.index_add(&entry, &member, None).await.unwrap();
+    let second = members(store, &entry).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(second.len(), 1, "adding twice made {second:?}");
+    assert!(
+        second[0].added > first[0].added,
+        "a second add did not refresh `added`: {:?} then {:?}",
+        first[0].added,
+        second[0].added
+    );
+}
+
+/// Entries are independent: a key in two entries is removed from one only, and each lists
+/// only its own members.
+pub async fn index_entries_are_independent(store: &Arc<dyn Store>) {
+    if !keeps_indexes(store).await {
+        return;
+    }
+    let (one, two) = (entry(), entry());
+    let (shared, only_one, only_two) = (key(), key(), key());
+    for (entry, key) in [
+        (&one, &shared),
+        (&two, &shared),
+        (&one, &only_one),
+        (&two, &only_two),
+    ] {
+        store.index_add(entry, key, None).await.unwrap();
+    }
+    assert_eq!(
+        member_keys(store, &one).await,
+        sorted(vec![shared, only_one])
+    );
+    assert_eq!(
+        member_keys(store, &two).await,
+        sorted(vec![shared, only_two])
+    );
+    store.index_remove(&one, &shared).await.unwrap();
+    assert_eq!(member_keys(store, &one).await, vec![only_one]);
+    assert_eq!(
+        member_keys(store, &two).await,
+        sorted(vec![shared, only_two])
+    );
+}
+
+/// Removing one member leaves every other; removing a member that is not there (from an
+/// entry that has members, or one that has none) is not an error and removes nothing.
+pub async fn index_remove_leaves_the_other_members(store: &Arc<dyn Store>) {
+    if !keeps_indexes(store).await {
+        return;
+    }
+    let entry = entry();
+    let keys: Vec<StoreKey> = (0..5).map(|_| key()).collect();
+    for key in &keys {
+        store.index_add(&entry, key, None).await.unwrap();
+    }
+    store.index_remove(&entry, &key()).await.unwrap();
+    store.index_remove(&self::entry(), &keys[0]).await.unwrap();
+    assert_eq!(member_keys(store, &entry).await, sorted(keys.clone()));
+    store.index_remove(&entry, &keys[2]).await.unwrap();
+    store.index_remove(&entry, &keys[2]).await.unwrap();
+    let left: Vec<StoreKey> = keys.iter().copied().filter(|k| *k != keys[2]).collect();
+    assert_eq!(member_keys(store, &entry).await, sorted(left));
+}
+
+/// 40 adds of different keys to one entry, started together on several threads: none is
+/// lost (a store that reads the entry, adds one member and writes it back without a
+/// condition loses most of them).
+pub async fn concurrent_index_adds_to_one_entry_are_all_kept(store: &Arc<dyn Store>) {
+    if !keeps_indexes(store).await {
+        return;
+    }
+    let entry = entry();
+    let keys: Vec<StoreKey> = (0..40).map(|_| key()).collect();
+    let added = keys.clone();
+    let entry_for_tasks = entry.clone();
+    all_at_once(store, keys.len(), move |store, i| {
+        let (entry, key) = (entry_for_tasks.clone(), added[i]);
+        async move { store.index_add(&entry, &key, None).await.unwrap() }
+    })
+    .await;
+    let listed = member_keys(store, &entry).await;
+    let lost: Vec<&StoreKey> = keys.iter().filter(|k| !listed.contains(k)).collect();
+    assert!(lost.is_empty(), "adds lost: {} of 40", lost.len());
+    assert_eq!(listed.len(), keys.len());
+}
+
+/// The index and the sessions are separate: deleting a session (or its expiry) leaves its
+/// members listed, for the layer to remove; removing a member leaves the session.
+pub async fn index_members_are_independent_of_session_records(store: &Arc<dyn Store>) {
+    if !keeps_indexes(store).await {
+        return;
+    }
+    let entry = entry();
+    let (deleted, kept) = (key(), key());
+    for key in [&deleted, &kept] {
+        assert!(store
+            .create(key, &record(&[("user", entry.value())], MINUTE))
+            .await
+            .unwrap());
+        store.index_add(&entry, key, None).await.unwrap();
+    }
+    store.delete(&deleted).await.unwrap();
+    assert_eq!(
+        member_keys(store, &entry).await,
+        sorted(vec![deleted, kept])
+    );
+    store.index_remove(&entry, &kept).await.unwrap();
+    assert!(store.load(&kept).await.unwrap().is_some());
+}
+
+/// `until` bounds when a store may drop an entry, never earlier: members added with a bound
+/// a few seconds away are there until it; a later add with a bound in the past (or none)
+/// does not cut the earlier members' time short.
+pub async fn index_entries_last_until_their_bound(store: &Arc<dyn Store>) {
+    if !keeps_indexes(store).await {
+        return;
+    }
+    let now = Timestamp::now();
+    let soon = now.saturating_add(Duration::from_secs(4));
+    let past = Timestamp::from_millis(now.as_millis() - 5_000);
+    let (bounded, unbounded) = (entry(), entry());
+    let (first, late, open) = (key(), key(), key());
+    store.index_add(&bounded, &first, Some(soon)).await.unwrap();
+    // A bound in the past is accepted; that member may go at once, the first may not.
+    store.index_add(&bounded, &late, Some(past)).await.unwrap();
+    store
+        .index_add(
+            &unbounded,
+            &first,
+            Some(now.saturating_add(Duration::from_millis(1500))),
+        )
+        .await
+        .unwrap();
+    store.index_add(&unbounded, &open, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        member_keys(store, &bounded).await.contains(&first),
+        "a member was dropped before its bound"
+    );
+    assert!(
+        member_keys(store, &unbounded).await.contains(&open),
+        "a member added without a bound was dropped"
+    );
+    // Nothing else appeared.
+    for listed in member_keys(store, &bounded).await {
+        assert!(listed == first || listed == late, "{listed:?}");
+    }
+}
+
+/// A purge keeps fresh members even when their session is missing or expired: a member is
+/// added before its record is stored, so a write in flight must not lose it. (Removing
+/// members of ended sessions once they are older than the grace, a minute, cannot be tested
+/// through the trait, which cannot age them: stores test that on their own.)
+pub async fn purge_keeps_fresh_index_members(store: &Arc<dyn Store>) {
+    if !keeps_indexes(store).await {
+        return;
+    }
+    let entry = entry();
+    let (missing, expired, live) = (key(), key(), key());
+    assert!(store
+        .create(&expired, &record(&[], Duration::from_millis(300)))
+        .await
+        .unwrap());
+    assert!(store.create(&live, &record(&[], MINUTE)).await.unwrap());
+    for key in [&missing, &expired, &live] {
+        store.index_add(&entry, key, None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.purge_expired().await.unwrap();
+    assert_eq!(
+        member_keys(store, &entry).await,
+        sorted(vec![missing, expired, live]),
+        "the purge removed a member added within the grace"
+    );
+}
+
+/// `load_many` answers in the order asked, the same record as `load` for each live key and
+/// `None` for missing, deleted and expired ones, duplicates included, across more keys than
+/// any store loads in one batch.
+pub async fn load_many_returns_records_in_order(store: &Arc<dyn Store>) {
+    assert!(store.load_many(&[]).await.unwrap().is_empty());
+    let (expired, deleted) = (key(), key());
+    assert!(store
+        .create(&expired, &record(&[("a", "1")], Duration::from_millis(300)))
+        .await
+        .unwrap());
+    assert!(store
+        .create(&deleted, &record(&[("a", "1")], MINUTE))
+        .await
+        .unwrap());
+    store.delete(&deleted).await.unwrap();
+    let mut keys: Vec<StoreKey> = (0..600).map(|_| key()).collect();
+    let mut written = std::collections::HashMap::new();
+    for (i, key) in keys.iter().enumerate().step_by(7) {
+        let rec = record(&[("n", i.to_string().as_str())], MINUTE);
+        assert!(store.create(key, &rec).await.unwrap());
+        written.insert(*key, rec);
+    }
+    keys.extend([expired, deleted, keys[0], keys[7]]);
+    keys.swap(3, 600);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded = store.load_many(&keys).await.unwrap();
+    assert_eq!(loaded.len(), keys.len());
+    for (key, loaded) in keys.iter().zip(&loaded) {
+        match (written.get(key), loaded) {
+            (Some(rec), Some(loaded)) => {
+                assert_eq!(loaded.fields, rec.fields, "{key:?}");
+                assert_close(loaded.expires_at, rec.expires_at, "expires_at");
+            }
+            (None, None) => {}
+            (expected, got) => panic!(
+                "{key:?}: expected {}, got {}",
+                if expected.is_some() {
+                    "a record"
+                } else {
+                    "None"
+                },
+                if got.is_some() { "a record" } else { "None" }
+            ),
+        }
+    }
+}
+
 /// Generates one `#[tokio::test]` per conformance check for the store made by `$make`, an
 /// expression evaluating to a future of `Option<impl Store>` (`None` skips the test).
 ///
@@ -576,6 +886,15 @@ macro_rules! __with_conformance_checks {
             unicode_round_trips,
             empty_records_round_trip,
             lock_is_exclusive_and_freed_when_its_holder_vanishes,
+            index_add_list_and_remove_round_trip,
+            index_add_is_idempotent_and_refreshes_added,
+            index_entries_are_independent,
+            index_remove_leaves_the_other_members,
+            concurrent_index_adds_to_one_entry_are_all_kept,
+            index_members_are_independent_of_session_records,
+            index_entries_last_until_their_bound,
+            purge_keeps_fresh_index_members,
+            load_many_returns_records_in_order,
         }
     };
 }
@@ -790,30 +1109,20 @@ impl<S: Store> Store for FaultStore<S> {
     }
     async fn index_add(
         &self,
-        entry: &crate::store::IndexEntry,
+        entry: &IndexEntry,
         key: &StoreKey,
         until: Option<Timestamp>,
     ) -> Result<(), StoreError> {
         self.disturb(Op::Index).await?;
         self.inner.index_add(entry, key, until).await
     }
-    async fn index_remove(
-        &self,
-        entry: &crate::store::IndexEntry,
-        key: &StoreKey,
-    ) -> Result<(), StoreError> {
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
         self.disturb(Op::Index).await?;
         self.inner.index_remove(entry, key).await
     }
-    async fn index_members(
-        &self,
-        entry: &crate::store::IndexEntry,
-    ) -> Result<Vec<crate::store::IndexMember>, StoreError> {
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
         self.disturb(Op::Index).await?;
         self.inner.index_members(entry).await
     }
-    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
-        self.disturb(Op::Load).await?;
-        self.inner.load_many(keys).await
-    }
+    // `load_many` keeps the default: one `load` per key, each disturbed as `Op::Load` says.
 }

@@ -429,7 +429,9 @@ impl SessionIndex {
         for (member, record) in members.into_iter().zip(records) {
             match record {
                 Some(record) if self.is_live(&record, now) && entry.held_by(&record) => {
-                    if seen.insert(member.key, ()).is_none() {
+                    // Not in the guard: a key listed twice must not fall to the pruning arm.
+                    let first = seen.insert(member.key, ()).is_none();
+                    if first {
                         live.push((member.key, record));
                     }
                 }
@@ -501,7 +503,10 @@ mod extract {
     impl<S: Send + Sync> FromRequestParts<S> for SessionIndex {
         type Rejection = SessionRejection;
 
-        async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _state: &S,
+        ) -> Result<Self, Self::Rejection> {
             let handle = handle(parts).map_err(SessionRejection::misuse)?;
             load(parts, &handle).await?;
             Ok(SessionIndex::new(handle.0.config.clone(), Some(handle.0)))

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use session_core::conformance::{key, record};
+use session_core::store::IndexEntry;
 use session_core::{Record, SaveMode, Store, StoreError, StoreKey, Timestamp};
 use tokio::task::JoinHandle;
 
@@ -51,7 +52,12 @@ pub trait SqlTestStore: Store + Sized {
     /// Member `name` of the row's stored `data` object, as text (`2` for the number 2).
     async fn raw_field(&self, key: &StoreKey, name: &str) -> String;
 
-    /// Drops the table, at the end of a check that had one of its own.
+    /// Sets the `added_at` of the index member `key` of `entry` to `added` (Unix ms): ages
+    /// it, as the trait cannot.
+    async fn set_index_added(&self, entry: &IndexEntry, key: &StoreKey, added: i64);
+
+    /// Drops the table (and its index member table), at the end of a check that had one of
+    /// its own.
     async fn drop_table(&self);
 }
 
@@ -78,6 +84,7 @@ macro_rules! sql_store_tests {
             a_row_whose_data_is_not_an_object_is_corrupt,
             fields_that_are_not_strings_are_skipped_and_kept_in_the_row,
             two_instances_lose_no_concurrent_merge,
+            purge_removes_old_index_members_of_ended_sessions_only,
         );
         $crate::sql_store_tests!(@fresh $fresh;
             expired_rows_are_invisible_before_the_purge_and_purge_removes_them("purge_sessions"),
@@ -359,6 +366,34 @@ pub async fn fields_that_are_not_strings_are_skipped_and_kept_in_the_row(
         "the undecodable field is not lost"
     );
     store.delete(&key).await.unwrap();
+}
+
+/// The purge removes index members older than the grace whose session is gone or expired,
+/// and keeps the members of live sessions (old or not) and young members of missing ones.
+pub async fn purge_removes_old_index_members_of_ended_sessions_only(store: &impl SqlTestStore) {
+    let entry = IndexEntry::new("user", &format!("\"{}\"", key()));
+    let (old_live, old_gone, old_expired, young_gone) = (key(), key(), key(), key());
+    store.create(&old_live, &record(&[], MINUTE)).await.unwrap();
+    store.create(&old_expired, &expired(&[])).await.unwrap();
+    for key in [&old_live, &old_gone, &old_expired, &young_gone] {
+        store.index_add(&entry, key, None).await.unwrap();
+    }
+    let two_minutes_ago = Timestamp::now().as_millis() as i64 - 120_000;
+    for key in [&old_live, &old_gone, &old_expired] {
+        store.set_index_added(&entry, key, two_minutes_ago).await;
+    }
+    store.purge_expired().await.unwrap();
+    let mut left: Vec<StoreKey> = store
+        .index_members(&entry)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|member| member.key)
+        .collect();
+    left.sort();
+    let mut expected = vec![old_live, young_gone];
+    expected.sort();
+    assert_eq!(left, expected);
 }
 
 /// Two instances merging different fields into one session at once lose none of them.

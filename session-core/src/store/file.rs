@@ -33,6 +33,7 @@
 //! - `DIR/.<key>.<pid>.<n>.tmp`: a write in progress. It is renamed over `<key>.json` when
 //!   complete; one left behind by a crash is removed by the reaper once it is five minutes old.
 //! - `DIR/.locks/00` … `DIR/.locks/ff`: 256 lock files, never removed (see *Locking*).
+//! - `DIR/.index/<entry>/<key>`: one member of a session index (see *Indexes*).
 //!
 //! Every other name in the folder is ignored: reads never look at it and the reaper never
 //! removes it. Files and folders the store creates are private to their owner on Unix
@@ -91,6 +92,22 @@
 //! when the last clone of the store is dropped. [`purge_expired`](Store::purge_expired) runs
 //! the same sweep on demand.
 //!
+//! # Indexes
+//!
+//! Each [`IndexEntry`] is a folder `DIR/.index/<digest>/` holding one file per member, named
+//! by its store key, whose content is the time it was added (Unix milliseconds, as text). An
+//! add writes a temporary file `.<key>.<pid>.<n>.tmp` in the entry's folder and renames it
+//! over the member's file, so a reader sees a whole time or none, and adding again refreshes
+//! it. Members of one entry are different files: adding them takes no lock on the entry, and
+//! concurrent adds from any number of processes all survive. A remove deletes the member's
+//! file; listing reads the entry's folder (never the sessions).
+//!
+//! The reaper removes, under the member's stripe lock, the members whose session is gone or
+//! expired once they are older than [`PRUNE_GRACE`](crate::index::PRUNE_GRACE) (a younger one
+//! may belong to a write whose record is not stored yet), temporary files left by crashed
+//! adds, and entry folders left empty. An add whose folder the reaper removed between its
+//! two steps makes the folder again.
+//!
 //! All file system work runs on Tokio's blocking thread pool, one hop per store call.
 
 use std::fmt;
@@ -106,8 +123,9 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 use tokio::sync::{Mutex, Notify};
 
-use super::{Store, StoreError};
+use super::{IndexEntry, IndexMember, Store, StoreError};
 use crate::id::StoreKey;
+use crate::index::PRUNE_GRACE;
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 
 /// The version written in every file; files of any other version are reported as corrupt.
@@ -119,6 +137,9 @@ const HEAD_LEN: u64 = 64;
 const DATA_SUFFIX: &str = ".json";
 const TEMP_SUFFIX: &str = ".tmp";
 const LOCK_DIR: &str = ".locks";
+const INDEX_DIR: &str = ".index";
+/// Tries of an index add whose entry folder the reaper removes under it.
+const INDEX_ADD_ATTEMPTS: usize = 4;
 const STRIPES: usize = 256;
 const DEFAULT_REAP_INTERVAL: Duration = Duration::from_secs(5 * 60);
 const MIN_REAP_INTERVAL: Duration = Duration::from_millis(10);
@@ -138,6 +159,8 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// - **Expiry on read**: an expired file is never loaded, even before it is removed.
 /// - **Reaped**: a background task removes expired files (every five minutes by default,
 ///   randomised) and stops when the last clone of the store is dropped.
+/// - **Indexes** (`#[session(index)]`): one file per member in `DIR/.index/<entry>/`, written
+///   by rename; the reaper removes the members of ended sessions.
 ///
 /// Each session is `DIR/<key>.json`, versioned JSON; other names in the folder are ignored.
 /// Several processes may share the folder: writes take an advisory lock (`flock`) on one of
@@ -168,6 +191,7 @@ pub struct FileStore {
 struct Inner {
     dir: PathBuf,
     lock_dir: PathBuf,
+    index_dir: PathBuf,
     /// In-process queues for writers, one per stripe of keys.
     stripes: Box<[Mutex<()>]>,
     reap_interval: Duration,
@@ -206,6 +230,7 @@ impl FileStore {
         Self {
             inner: Arc::new(Inner {
                 lock_dir: dir.join(LOCK_DIR),
+                index_dir: dir.join(INDEX_DIR),
                 dir,
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
                 reap_interval: reap_interval.max(MIN_REAP_INTERVAL),
@@ -326,10 +351,67 @@ impl Store for FileStore {
             .await
     }
 
+    /// Also removes stale index members: see *Indexes* in the module docs.
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let inner = Arc::clone(&self.inner);
         let swept = run_blocking(move || inner.sweep(Timestamp::now())).await?;
         Ok(swept.expired)
+    }
+
+    fn supports_index(&self) -> bool {
+        true
+    }
+
+    /// Writes the member's file (its content the time now) with a rename, under the
+    /// member's stripe lock so the reaper cannot remove it between a check and its removal.
+    /// Files do not expire: `until` is not needed, the reaper prunes.
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        let _ = until;
+        self.start_reaper();
+        let digest = entry.name();
+        self.locked(key, move |inner, key| {
+            inner.write_member(&digest, key, Timestamp::now())
+        })
+        .await
+    }
+
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        let path = self.inner.member_path(&entry.name(), key);
+        run_blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(fs_error("remove", &path, error)),
+        })
+        .await
+    }
+
+    /// Reads the entry's folder. A member file whose content is not a time (written by
+    /// something else) counts as added when it was last modified.
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let digest = entry.name();
+        run_blocking(move || inner.members(&digest)).await
+    }
+
+    /// All in one hop to the blocking pool, rather than one per key.
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let keys = keys.to_vec();
+        run_blocking(move || {
+            let now = Timestamp::now();
+            keys.iter()
+                .map(|key| match inner.read_live(key, now) {
+                    Err(StoreError::Corrupt(_)) => Ok(None),
+                    read => read,
+                })
+                .collect()
+        })
+        .await
     }
 }
 
@@ -346,11 +428,12 @@ async fn reap(store: Weak<Inner>, stop: Arc<Notify>, interval: Duration) {
         let dir = inner.dir.clone();
         match run_blocking(move || inner.sweep(Timestamp::now())).await {
             Ok(swept) => {
-                if swept.expired > 0 || swept.temporary > 0 {
+                if swept.expired > 0 || swept.temporary > 0 || swept.members > 0 {
                     tracing::debug!(
                         dir = %dir.display(),
                         expired = swept.expired,
                         temporary = swept.temporary,
+                        index_members = swept.members,
                         "removed expired session files"
                     );
                 }
@@ -384,6 +467,8 @@ struct Swept {
     expired: u64,
     temporary: u64,
     corrupt: u64,
+    /// Index members of ended sessions.
+    members: u64,
 }
 
 impl Inner {
@@ -495,6 +580,7 @@ impl Inner {
             expired: 0,
             temporary: 0,
             corrupt: 0,
+            members: 0,
         };
         let wall_now = SystemTime::from(now);
         for entry in entries {
@@ -531,7 +617,158 @@ impl Inner {
                 tracing::warn!(file = name, %error, "could not sweep session file");
             }
         }
+        swept.members = self.sweep_indexes(now);
         Ok(swept)
+    }
+
+    fn entry_dir(&self, digest: &StoreKey) -> PathBuf {
+        self.index_dir.join(digest.as_str())
+    }
+
+    fn member_path(&self, digest: &StoreKey, key: &StoreKey) -> PathBuf {
+        self.entry_dir(digest).join(key.as_str())
+    }
+
+    /// Writes the member `key` of the entry `digest`, added at `added`, with a rename. The
+    /// caller holds `key`'s stripe lock.
+    fn write_member(
+        &self,
+        digest: &StoreKey,
+        key: &StoreKey,
+        added: Timestamp,
+    ) -> Result<(), StoreError> {
+        let dir = self.entry_dir(digest);
+        let pid = std::process::id();
+        let content = added.as_millis().to_string();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            create_private_dir(&dir).map_err(|error| fs_error("create", &dir, error))?;
+            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let temp = dir.join(format!(".{key}.{pid}.{n}{TEMP_SUFFIX}"));
+            let mut file = match create_private_file(&temp) {
+                Ok(file) => file,
+                // The reaper removed the folder, empty, after it was made: make it again.
+                Err(error)
+                    if error.kind() == io::ErrorKind::NotFound && attempt < INDEX_ADD_ATTEMPTS =>
+                {
+                    continue
+                }
+                Err(error) => return Err(fs_error("create", &temp, error)),
+            };
+            // Flushed like a session: a live session missing from its index after a power cut
+            // would survive a "sign out everywhere".
+            let written = file
+                .write_all(content.as_bytes())
+                .and_then(|()| file.sync_data());
+            drop(file);
+            let path = dir.join(key.as_str());
+            if let Err(error) = written.and_then(|()| fs::rename(&temp, &path)) {
+                let _ = fs::remove_file(&temp);
+                return Err(fs_error("write", &path, error));
+            }
+            return Ok(());
+        }
+    }
+
+    /// The members of the entry `digest`: its folder's member files.
+    fn members(&self, digest: &StoreKey) -> Result<Vec<IndexMember>, StoreError> {
+        let dir = self.entry_dir(digest);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(fs_error("list", &dir, error)),
+        };
+        let mut members = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|error| fs_error("list", &dir, error))?;
+            let Some(key) = entry.file_name().to_str().and_then(StoreKey::parse) else {
+                continue;
+            };
+            // Gone since the listing (removed): not a member any more.
+            if let Some(added) = member_added(&entry.path()) {
+                members.push(IndexMember { key, added });
+            }
+        }
+        Ok(members)
+    }
+
+    /// Removes the members of ended sessions older than the grace, the temporary files of
+    /// crashed adds, and empty entry folders. Returns how many members it removed; what it
+    /// cannot handle is logged and left.
+    fn sweep_indexes(&self, now: Timestamp) -> u64 {
+        let grace = u64::try_from(PRUNE_GRACE.as_millis()).unwrap_or(u64::MAX);
+        let stale_before = Timestamp::from_millis(now.as_millis().saturating_sub(grace));
+        let Ok(entries) = fs::read_dir(&self.index_dir) else {
+            return 0; // No index yet (or unreadable: the next sweep tries again).
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let Some(digest) = entry.file_name().to_str().and_then(StoreKey::parse) else {
+                continue;
+            };
+            match self.sweep_entry(&digest, now, stale_before) {
+                Ok(count) => removed += count,
+                Err(error) => tracing::warn!(%error, "could not sweep a session index entry"),
+            }
+            // Only an empty folder goes; an add that lost it makes it again.
+            let _ = fs::remove_dir(entry.path());
+        }
+        removed
+    }
+
+    fn sweep_entry(
+        &self,
+        digest: &StoreKey,
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let dir = self.entry_dir(digest);
+        let entries = fs::read_dir(&dir).map_err(|error| fs_error("list", &dir, error))?;
+        let wall_now = SystemTime::from(now);
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if let Some(key) = StoreKey::parse(&name) {
+                // Old, and its session gone or expired; an unreadable session is left alone.
+                let stale = |path: &Path| {
+                    member_added(path).is_some_and(|added| added < stale_before)
+                        && match self.expiry(&key) {
+                            Ok(None) => true,
+                            Ok(Some(expires_at)) => expires_at <= now,
+                            Err(_) => false,
+                        }
+                };
+                let path = entry.path();
+                if !stale(&path) {
+                    continue;
+                }
+                let stripe = stripe_of(&key);
+                let _queued = self.stripes[stripe].blocking_lock();
+                let _locked = self.lock_stripe(stripe)?;
+                // An add may have refreshed it since the first look.
+                if stale(&path) {
+                    match fs::remove_file(&path) {
+                        Ok(()) => removed += 1,
+                        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                        Err(error) => return Err(fs_error("remove", &path, error)),
+                    }
+                }
+            } else if let Some(key) = temp_file_key(&name) {
+                let old = entry
+                    .metadata()
+                    .and_then(|meta| meta.modified())
+                    .ok()
+                    .and_then(|modified| wall_now.duration_since(modified).ok())
+                    .is_some_and(|age| age >= STALE_TEMP_AGE);
+                if old {
+                    self.sweep_temp(&key, &entry.path())?;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes `key`'s file if it has expired: `Some(true)` if removed, `Some(false)` if
@@ -566,6 +803,27 @@ impl Inner {
             Ok(()) => Ok(true),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(error) => Err(fs_error("remove", path, error)),
+        }
+    }
+}
+
+/// When the member file at `path` was added: its content, or its modification time if the
+/// content is not a time. `None` when it is gone.
+fn member_added(path: &Path) -> Option<Timestamp> {
+    let content = fs::read(path).ok()?;
+    let written = std::str::from_utf8(&content)
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    match written {
+        Some(millis) => Some(Timestamp::from_millis(millis)),
+        None => {
+            let modified = fs::metadata(path).and_then(|meta| meta.modified()).ok()?;
+            let millis = modified
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                });
+            Some(Timestamp::from_millis(millis))
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::{Store, StoreError};
+use super::{IndexEntry, IndexMember, Store, StoreError};
 use crate::id::StoreKey;
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 
@@ -35,6 +35,10 @@ const FORMAT_VERSION: u64 = 1;
 const MAX_CAS_ATTEMPTS: u32 = 1000;
 /// A value length the server announces beyond this is taken for a broken reply.
 const MAX_VALUE_LEN: usize = 1 << 30;
+/// Keys per multi-key `get` of `load_many`: one command line of about 7 KB.
+const GET_BATCH: usize = 100;
+/// The first line of an index entry's value, before its bound (`none` or Unix ms).
+const INDEX_HEADER: &str = "index-v1 until ";
 
 /// Sessions in memcached: one JSON item per session, native expiry, `cas` for concurrent
 /// writers.
@@ -74,6 +78,30 @@ const MAX_VALUE_LEN: usize = 1 << 30;
 /// | `save` (replace) | `set` |
 /// | `touch` | `gets`, new deadline, `cas`, retried likewise; nothing if absent |
 /// | `delete` | `delete` |
+///
+/// # Indexes
+///
+/// Memcached has no sets, so each index entry is one item, `PREFIX + "index:" + digest`,
+/// holding a list, one line per member after a header giving the entry's bound:
+///
+/// ```text
+/// index-v1 until 1700003600000
+/// 3f2a…(store key) 1700000000000
+/// 9c41…(store key) 1700000012345
+/// ```
+///
+/// Each member is a store key and the time it was added (Unix ms). The item expires at the
+/// bound: the latest `until` of any add (`none`, and no expiry, once an add gave none), so it
+/// is never dropped while one of its sessions can be live. An add or a remove is a
+/// `gets`, the change in memory, and a `cas` (an `add` when the entry is absent), retried
+/// with a growing random pause while another writer got in between, so concurrent adds from
+/// any number of processes all land; a remove of the last member expires the item (a `cas`
+/// with a past expiry). When writers keep colliding for the whole call timeout, or 1 000
+/// rounds, the call fails with [`StoreError::Backend`] saying so, and nothing is lost: the
+/// layer fails the write that needed the add. Lines that do not read as a member are
+/// skipped. One entry holds about 12 000 members within memcached's default 1 MB item limit;
+/// an add beyond the limit fails with [`StoreError::Rejected`]. `load_many` is one multi-key
+/// `get` per 100 sessions.
 ///
 /// # Expiry
 ///
@@ -190,6 +218,64 @@ impl MemcachedStore {
         item_key.push_str(&self.prefix);
         item_key.push_str(key.as_str());
         item_key
+    }
+
+    /// The memcached key of the index entry `entry`.
+    fn index_key(&self, entry: &IndexEntry) -> String {
+        format!("{}index:{}", self.prefix, entry.digest())
+    }
+
+    /// Reads the index entry under `item_key`, lets `change` edit it, and writes it with
+    /// `cas` (or `add` when there was none) only if no one wrote in between, until that
+    /// succeeds. `change` returns whether there is anything to write.
+    async fn update_index(
+        &self,
+        item_key: &str,
+        until: Option<Timestamp>,
+        change: impl Fn(&mut IndexList, Timestamp) -> bool,
+    ) -> Result<(), StoreError> {
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            backoff(attempt).await;
+            let stored = self.pool.gets(item_key).await?;
+            let now = Timestamp::now();
+            let (mut list, cas) = match &stored {
+                Some((bytes, cas)) => (IndexList::decode(bytes), Some(*cas)),
+                None => (IndexList::new(until), None),
+            };
+            if !change(&mut list, now) {
+                return Ok(());
+            }
+            let data = list.encode();
+            if let Some(limit) = self.pool.item_size_max {
+                if data.len() > limit {
+                    return Err(index_too_large(list.members.len(), data.len(), limit));
+                }
+            }
+            // A list left empty expires at once: an entry with no members is no entry.
+            let exptime = if list.members.is_empty() {
+                -1
+            } else {
+                list.until.map_or(0, |until| expiry_seconds(until, now))
+            };
+            let verb = if cas.is_some() { Verb::Cas } else { Verb::Add };
+            let reply = match self.pool.store(verb, item_key, exptime, &data, cas).await {
+                Err(StoreError::Rejected(_)) => {
+                    let limit = self.pool.item_size_max.unwrap_or(data.len());
+                    return Err(index_too_large(list.members.len(), data.len(), limit));
+                }
+                reply => reply?,
+            };
+            match reply {
+                Reply::Stored => return Ok(()),
+                // Someone wrote (or added, or removed) in between: read again.
+                Reply::Exists | Reply::NotFound | Reply::NotStored => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+        Err(StoreError::backend(format!(
+            "gave up updating memcached index entry {item_key} after {MAX_CAS_ATTEMPTS} \
+             conflicting writes"
+        )))
     }
 
     /// The server's item size limit in bytes, as it reported at connect time.
@@ -372,6 +458,169 @@ impl Store for MemcachedStore {
         self.within(async { self.pool.delete(&item_key).await.map(|_| ()) })
             .await
     }
+
+    fn supports_index(&self) -> bool {
+        true
+    }
+
+    /// A `gets`/`cas` round on the entry's list (see *Indexes* on the type): the member is
+    /// added or its time refreshed, and the entry's bound becomes the later of its bound and
+    /// `until` (none if either is none).
+    async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        let item_key = self.index_key(entry);
+        self.within(self.update_index(&item_key, until, |list, now| {
+            list.until = match (list.until, until) {
+                (Some(bound), Some(until)) => Some(bound.max(until)),
+                _ => None,
+            };
+            match list.members.iter_mut().find(|(member, _)| member == key) {
+                Some((_, added)) => *added = now,
+                None => list.members.push((*key, now)),
+            }
+            true
+        }))
+        .await
+    }
+
+    /// A `gets`/`cas` round that writes only if the member is there.
+    async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
+        let item_key = self.index_key(entry);
+        self.within(async {
+            // Nothing to remove from an absent entry: no `add` of an empty one.
+            if self.pool.gets(&item_key).await?.is_none() {
+                return Ok(());
+            }
+            self.update_index(&item_key, None, |list, _| {
+                let before = list.members.len();
+                list.members.retain(|(member, _)| member != key);
+                // An entry that vanished in between reads as a new one, with nothing to remove.
+                list.members.len() < before
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
+        let item_key = self.index_key(entry);
+        self.within(async {
+            let Some((bytes, _cas)) = self.pool.gets(&item_key).await? else {
+                return Ok(Vec::new());
+            };
+            Ok(IndexList::decode(&bytes)
+                .members
+                .into_iter()
+                .map(|(key, added)| IndexMember { key, added })
+                .collect())
+        })
+        .await
+    }
+
+    /// One multi-key `get` per 100 keys, each within the store's timeout.
+    async fn load_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Record>>, StoreError> {
+        let mut records = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(GET_BATCH) {
+            let item_keys: Vec<String> = batch.iter().map(|key| self.memcached_key(key)).collect();
+            let mut values = self
+                .within(async {
+                    match self.pool.run(Command::GetMany(&item_keys)).await? {
+                        Reply::Values(values) => Ok(values),
+                        other => Err(unexpected(other)),
+                    }
+                })
+                .await?;
+            let now = Timestamp::now();
+            for item_key in &item_keys {
+                let record = values
+                    .remove(item_key)
+                    .and_then(|data| decode(&data).ok())
+                    .filter(|record| !record.is_expired(now));
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// An index entry's list: its bound (`None`: none) and its members with when each was added.
+struct IndexList {
+    until: Option<Timestamp>,
+    members: Vec<(StoreKey, Timestamp)>,
+}
+
+impl IndexList {
+    fn new(until: Option<Timestamp>) -> Self {
+        Self {
+            until,
+            members: Vec::new(),
+        }
+    }
+
+    /// Reads a stored list. A line that is not a member is skipped; a missing or unreadable
+    /// header reads as no bound, so the entry is never made to expire early.
+    fn decode(bytes: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(bytes);
+        let mut list = Self::new(None);
+        let mut skipped = 0;
+        for (number, line) in text.lines().enumerate() {
+            if number == 0 {
+                if let Some(bound) = line.strip_prefix(INDEX_HEADER) {
+                    list.until = bound.parse().ok().map(Timestamp::from_millis);
+                    continue;
+                }
+            }
+            let member = line.split_once(' ').and_then(|(key, added)| {
+                Some((
+                    StoreKey::parse(key)?,
+                    added.parse().ok().map(Timestamp::from_millis)?,
+                ))
+            });
+            match member {
+                // A key listed twice (never written so) keeps its first time.
+                Some((key, added)) if !list.members.iter().any(|(k, _)| *k == key) => {
+                    list.members.push((key, added));
+                }
+                Some(_) => {}
+                None => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "skipping memcached index lines that are not members"
+            );
+        }
+        list
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(32 + self.members.len() * 80);
+        out.push_str(INDEX_HEADER);
+        match self.until {
+            Some(until) => out.push_str(&until.as_millis().to_string()),
+            None => out.push_str("none"),
+        }
+        out.push('\n');
+        for (key, added) in &self.members {
+            out.push_str(key.as_str());
+            out.push(' ');
+            out.push_str(&added.as_millis().to_string());
+            out.push('\n');
+        }
+        out.into_bytes()
+    }
+}
+
+fn index_too_large(members: usize, bytes: usize, limit: usize) -> StoreError {
+    StoreError::Rejected(format!(
+        "the session index entry would hold {members} members in {bytes} bytes, over \
+         memcached's item size limit of {limit} bytes (memcached -I raises it)"
+    ))
 }
 
 // --- record encoding ------------------------------------------------------------------------
@@ -678,6 +927,8 @@ impl Verb {
 
 enum Command<'a> {
     Gets(&'a str),
+    /// A multi-key `get`, for `load_many`.
+    GetMany(&'a [String]),
     Store {
         verb: Verb,
         key: &'a str,
@@ -693,6 +944,8 @@ enum Command<'a> {
 enum Reply {
     /// A retrieval: the value and its cas unique, if the key was there.
     Value(Option<(Vec<u8>, u64)>),
+    /// A multi-key retrieval: the values of the keys that were there.
+    Values(std::collections::HashMap<String, Vec<u8>>),
     Stored,
     NotStored,
     Exists,
@@ -770,6 +1023,18 @@ impl Connection {
                 check_key(key)?;
                 self.send(&[b"gets ", key.as_bytes(), b"\r\n"]).await?;
                 Reply::Value(self.read_value(key).await?)
+            }
+            Command::GetMany(keys) => {
+                let mut line = Vec::with_capacity(4 + keys.len() * 80);
+                line.extend_from_slice(b"get");
+                for key in keys {
+                    check_key(key)?;
+                    line.push(b' ');
+                    line.extend_from_slice(key.as_bytes());
+                }
+                line.extend_from_slice(b"\r\n");
+                self.send(&[&line]).await?;
+                Reply::Values(self.read_values(keys).await?)
             }
             Command::Store {
                 verb,
@@ -910,6 +1175,64 @@ impl Connection {
             ));
         }
         Ok(Some((data, cas)))
+    }
+}
+
+impl Connection {
+    /// Reads a multi-key `get` answer: `VALUE <key> <flags> <bytes>` and the data for each
+    /// key that is there, then `END`. A key not asked for is a protocol error.
+    async fn read_values(
+        &mut self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<u8>>, CommandError> {
+        let mut values = std::collections::HashMap::new();
+        loop {
+            let line = self.read_line().await?;
+            if line == b"END" {
+                return Ok(values);
+            }
+            let header = std::str::from_utf8(line)
+                .map_err(|_| CommandError::Protocol("reply header is not UTF-8".to_owned()))?;
+            let mut words = header.split(' ');
+            let (Some("VALUE"), Some(found), Some(_flags), Some(len)) =
+                (words.next(), words.next(), words.next(), words.next())
+            else {
+                return Err(error_reply(line));
+            };
+            let bad = || CommandError::Protocol(format!("bad value header {header:?}"));
+            if words.count() > 1 || values.contains_key(found) || !keys.iter().any(|k| k == found) {
+                return Err(bad());
+            }
+            let found = found.to_owned();
+            let len: usize = len.parse().map_err(|_| bad())?;
+            if len > MAX_VALUE_LEN {
+                return Err(bad());
+            }
+            let data = self.read_data(len).await?;
+            values.insert(found, data);
+        }
+    }
+
+    /// Reads `len` bytes of a value and the CRLF after them, growing the buffer as the bytes
+    /// arrive rather than allocating what the header claims.
+    async fn read_data(&mut self, len: usize) -> Result<Vec<u8>, CommandError> {
+        let mut data = Vec::with_capacity(len.min(64 * 1024) + 2);
+        (&mut self.stream)
+            .take(len as u64 + 2)
+            .read_to_end(&mut data)
+            .await?;
+        if data.len() < len + 2 {
+            return Err(CommandError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "memcached closed the connection inside a value",
+            )));
+        }
+        if data.split_off(len) != b"\r\n" {
+            return Err(CommandError::Protocol(
+                "value not followed by CRLF".to_owned(),
+            ));
+        }
+        Ok(data)
     }
 }
 

@@ -10,7 +10,13 @@
 //!     expires_at BIGINT NOT NULL,   -- Unix milliseconds
 //!     PRIMARY KEY (`key`),
 //!     INDEX `sessions_expires_at_idx` (expires_at)
-//! ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+//! ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+//! CREATE TABLE IF NOT EXISTS `sessions_index` (   -- session index members
+//!     entry       CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,  -- IndexEntry digest
+//!     session_key CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,  -- StoreKey
+//!     added_at    BIGINT NOT NULL,  -- Unix milliseconds
+//!     PRIMARY KEY (entry, session_key)
+//! ) ENGINE=InnoDB
 //! ```
 //!
 //! On MariaDB `JSON` is `LONGTEXT` with a `JSON_VALID` check; on MySQL it is the binary JSON
@@ -40,8 +46,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlQueryResult};
 use sqlx::MySql;
 
 use super::sql::{
-    backend_error, encode_fields, sql_store_api, to_sql, write_args, Arg, Dialect, Driver, Queries,
-    RowsAffected, SqlStore, TableName,
+    backend_error, encode_fields, placeholders, sql_store_api, to_sql, write_args, Arg, Dialect,
+    Driver, Queries, RowsAffected, SqlStore, TableName, LOAD_BATCHES,
 };
 use super::StoreError;
 use crate::id::StoreKey;
@@ -66,6 +72,9 @@ const DEADLOCK_ATTEMPTS: usize = 3;
 /// - **Partial writes**: [`SaveMode::Merge`] merges the changed fields with
 ///   `JSON_MERGE_PATCH` in one statement, so two requests (on any instances) changing
 ///   different fields both keep their change.
+/// - **Indexes** (`#[session(index)]`): members in a side table `<table>_index` keyed by
+///   (entry, session key), created with the table; listing reads one range of its primary
+///   key, and the purge removes the members of ended sessions.
 ///
 /// Expiry is judged by the app's clock, so keep the instances' clocks in sync (NTP).
 /// Cloning is cheap and shares the connection pool.
@@ -101,19 +110,30 @@ impl Dialect for MySql {
     fn queries(table: &TableName) -> Queries {
         let t = format!("`{}`", table.as_str());
         let index = format!("`{}`", table.index_name());
+        let members = format!("`{}`", table.members_table());
         let insert =
             format!("INSERT INTO {t} (`key`, data, created_at, expires_at) VALUES (?, ?, ?, ?)");
         Queries {
-            migrate: vec![format!(
-                "CREATE TABLE IF NOT EXISTS {t} (\
-                 `key` CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
-                 data JSON NOT NULL, \
-                 created_at BIGINT NOT NULL, \
-                 expires_at BIGINT NOT NULL, \
-                 PRIMARY KEY (`key`), \
-                 INDEX {index} (expires_at)\
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-            )],
+            migrate: vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (\
+                     `key` CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
+                     data JSON NOT NULL, \
+                     created_at BIGINT NOT NULL, \
+                     expires_at BIGINT NOT NULL, \
+                     PRIMARY KEY (`key`), \
+                     INDEX {index} (expires_at)\
+                     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {members} (\
+                     entry CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
+                     session_key CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
+                     added_at BIGINT NOT NULL, \
+                     PRIMARY KEY (entry, session_key)\
+                     ) ENGINE=InnoDB"
+                ),
+            ],
             load: format!(
                 "SELECT CAST(data AS CHAR CHARACTER SET utf8mb4), created_at, expires_at \
                  FROM {t} WHERE `key` = ? AND expires_at > ?"
@@ -133,6 +153,32 @@ impl Dialect for MySql {
             touch: format!("UPDATE {t} SET expires_at = ? WHERE `key` = ? AND expires_at > ?"),
             delete: format!("DELETE FROM {t} WHERE `key` = ?"),
             purge: format!("DELETE FROM {t} WHERE expires_at <= ? LIMIT {PURGE_BATCH}"),
+            // The new time bound twice rather than `VALUES(added_at)`, which MySQL deprecates.
+            index_add: format!(
+                "INSERT INTO {members} (entry, session_key, added_at) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE added_at = ?"
+            ),
+            index_remove: format!("DELETE FROM {members} WHERE entry = ? AND session_key = ?"),
+            index_members: format!(
+                "SELECT CAST(session_key AS CHAR CHARACTER SET utf8mb4), added_at \
+                 FROM {members} WHERE entry = ?"
+            ),
+            index_purge: format!(
+                "DELETE FROM {members} WHERE added_at < ? AND NOT EXISTS \
+                 (SELECT 1 FROM {t} WHERE {t}.`key` = {members}.session_key \
+                 AND {t}.expires_at > ?) LIMIT {PURGE_BATCH}"
+            ),
+            load_many: LOAD_BATCHES
+                .iter()
+                .map(|size| {
+                    format!(
+                        "SELECT CAST(`key` AS CHAR CHARACTER SET utf8mb4), \
+                         CAST(data AS CHAR CHARACTER SET utf8mb4), created_at, expires_at \
+                         FROM {t} WHERE expires_at > ? AND `key` IN ({})",
+                        placeholders('?', false, 2, *size)
+                    )
+                })
+                .collect(),
         }
     }
 

@@ -10,6 +10,12 @@
 //!     expires_at BIGINT NOT NULL     -- Unix milliseconds
 //! );
 //! CREATE INDEX IF NOT EXISTS "sessions_expires_at_idx" ON "sessions" (expires_at);
+//! CREATE TABLE IF NOT EXISTS "sessions_index" (   -- session index members
+//!     entry       TEXT NOT NULL,     -- IndexEntry digest: 64 lowercase hex characters
+//!     session_key TEXT NOT NULL,     -- StoreKey
+//!     added_at    BIGINT NOT NULL,   -- Unix milliseconds
+//!     PRIMARY KEY (entry, session_key)
+//! );
 //! ```
 //!
 //! Field values are JSON strings inside the `jsonb` object, so `jsonb`'s normalisation (key
@@ -38,7 +44,8 @@ use sqlx::{Connection, Postgres};
 
 use super::lock::{lock_token, retry_lock};
 use super::sql::{
-    backend_error, sql_store_api, to_sql, Dialect, Queries, RowsAffected, SqlStore, TableName,
+    backend_error, placeholders, sql_store_api, to_sql, Dialect, Queries, RowsAffected, SqlStore,
+    TableName, LOAD_BATCHES,
 };
 use super::{Release, SessionLock, StoreError};
 use crate::id::StoreKey;
@@ -57,6 +64,9 @@ use crate::record::Timestamp;
 /// - **Partial writes**: [`SaveMode::Merge`] merges the changed fields with `jsonb ||` in one
 ///   statement, so two requests (on any instances) changing different fields both keep their
 ///   change.
+/// - **Indexes** (`#[session(index)]`): members in a side table `<table>_index` keyed by
+///   (entry, session key), created with the table; listing reads one range of its primary
+///   key, and the purge removes the members of ended sessions.
 ///
 /// Expiry is judged by the app's clock, so keep the instances' clocks in sync (NTP).
 /// Cloning is cheap and shares the connection pool.
@@ -88,6 +98,7 @@ impl Dialect for Postgres {
         let t = format!("\"{}\"", table.as_str());
         let index = format!("\"{}\"", table.index_name());
         let locks = lock_table(table);
+        let members = format!("\"{}\"", table.members_table());
         let upsert = format!(
             "INSERT INTO {t} AS s (\"key\", data, created_at, expires_at) \
              VALUES ($1, $2::jsonb, $3, $4) ON CONFLICT (\"key\") DO UPDATE SET"
@@ -108,6 +119,15 @@ impl Dialect for Postgres {
                      \"key\" TEXT PRIMARY KEY, \
                      token TEXT NOT NULL, \
                      expires_at BIGINT NOT NULL)"
+                ),
+                // Session index members. `TEXT` as the sessions' key, not `CHAR(64)`: the
+                // statements bind text, and `bpchar = text` would not use the primary key.
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {members} (\
+                     entry TEXT NOT NULL, \
+                     session_key TEXT NOT NULL, \
+                     added_at BIGINT NOT NULL, \
+                     PRIMARY KEY (entry, session_key))"
                 ),
             ],
             load: format!(
@@ -135,6 +155,26 @@ impl Dialect for Postgres {
                 "WITH lapsed AS (DELETE FROM {locks} WHERE expires_at <= $1) \
                  DELETE FROM {t} WHERE expires_at <= $1"
             ),
+            index_add: format!(
+                "INSERT INTO {members} (entry, session_key, added_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (entry, session_key) DO UPDATE SET added_at = $4"
+            ),
+            index_remove: format!("DELETE FROM {members} WHERE entry = $1 AND session_key = $2"),
+            index_members: format!("SELECT session_key, added_at FROM {members} WHERE entry = $1"),
+            index_purge: format!(
+                "DELETE FROM {members} m WHERE m.added_at < $1 AND NOT EXISTS \
+                 (SELECT 1 FROM {t} s WHERE s.\"key\" = m.session_key AND s.expires_at > $2)"
+            ),
+            load_many: LOAD_BATCHES
+                .iter()
+                .map(|size| {
+                    format!(
+                        "SELECT \"key\", data::text, created_at, expires_at FROM {t} \
+                         WHERE expires_at > $1 AND \"key\" IN ({})",
+                        placeholders('$', true, 2, *size)
+                    )
+                })
+                .collect(),
         }
     }
 

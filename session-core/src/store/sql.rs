@@ -18,6 +18,22 @@
 //! | `created_at` | when the session was first stored, in Unix milliseconds (`BIGINT`) |
 //! | `expires_at` | the deadline, in Unix milliseconds (`BIGINT`), indexed for the purge |
 //!
+//! Index members (see [`Store::index_add`](super::Store::index_add)) are rows of a side table
+//! `<table>_index`:
+//!
+//! | column | holds |
+//! |---|---|
+//! | `entry` | the [`IndexEntry`]'s digest: 64 lowercase hex characters |
+//! | `session_key` | the member's [`StoreKey`] |
+//! | `added_at` | when it was last added, in Unix milliseconds (`BIGINT`) |
+//!
+//! with the primary key `(entry, session_key)`, so listing an entry reads one range of the
+//! primary key and never scans the sessions. An add is one upsert (concurrent adds of
+//! different members to one entry are different rows and never conflict), a remove one
+//! `DELETE`. The purge also deletes the members whose session is gone or expired once they
+//! are older than [`PRUNE_GRACE`](crate::index::PRUNE_GRACE), one statement joining the two
+//! tables on the primary key of the sessions.
+//!
 //! Each field's value is stored as a string holding its JSON text, not as nested JSON, so it
 //! comes back byte for byte: PostgreSQL's `jsonb` and MySQL's `JSON` would otherwise reorder
 //! object keys, drop whitespace or rewrite numbers.
@@ -52,8 +68,9 @@ use sqlx::{Arguments, Database, Encode, Executor, FromRow, IntoArguments, Pool, 
 use tokio::sync::OnceCell;
 use tokio::task::{AbortHandle, JoinHandle};
 
-use super::StoreError;
+use super::{IndexEntry, IndexMember, StoreError};
 use crate::id::StoreKey;
+use crate::index::PRUNE_GRACE;
 use crate::record::{Fields, Record, SaveMode, Timestamp};
 
 /// How long a pool built by `connect` waits for a free connection (or for a new one to open)
@@ -69,6 +86,11 @@ const MIN_PURGE_INTERVAL: Duration = Duration::from_millis(10);
 /// The longest table name accepted: PostgreSQL cuts identifiers at 63 bytes, and the index
 /// name adds `_expires_at_idx` (15 bytes) to the table name.
 const MAX_TABLE_NAME: usize = 48;
+
+/// The sizes of the `load_many` statements: a batch of keys is padded (with repeats of its
+/// last key) to the smallest that holds it, so each backend prepares two statements, not one
+/// per batch length.
+pub(crate) const LOAD_BATCHES: [usize; 2] = [16, 256];
 
 /// A table name that a SQL store's `with_table_name` refused.
 ///
@@ -140,6 +162,11 @@ impl TableName {
     /// The name of the index on `expires_at`.
     pub(crate) fn index_name(&self) -> String {
         format!("{}_expires_at_idx", self.0)
+    }
+
+    /// The name of the side table holding the session index members.
+    pub(crate) fn members_table(&self) -> String {
+        format!("{}_index", self.0)
     }
 }
 
@@ -380,6 +407,20 @@ pub(crate) trait Driver: Database {
         args: &[Arg<'_>],
     ) -> Result<Option<(String, i64, i64)>, sqlx::Error>;
 
+    /// Runs a `SELECT session_key, added_at` with `args` and returns its rows.
+    async fn fetch_members(
+        pool: &Pool<Self>,
+        statement: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<(String, i64)>, sqlx::Error>;
+
+    /// Runs a `SELECT key, data, created_at, expires_at` with `args` and returns its rows.
+    async fn fetch_records(
+        pool: &Pool<Self>,
+        statement: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<(String, String, i64, i64)>, sqlx::Error>;
+
     /// Runs `statement`, which takes no arguments, on `conn` without keeping it as a prepared
     /// statement: for the `CREATE` statements, which run once.
     async fn execute_once(conn: &mut Self::Connection, statement: &str) -> Result<(), sqlx::Error>;
@@ -395,6 +436,8 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
     for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
 {
     async fn execute(
         pool: &Pool<Self>,
@@ -414,6 +457,26 @@ where
     ) -> Result<Option<(String, i64, i64)>, sqlx::Error> {
         sqlx::query_as_with(statement, arguments::<DB>(args)?)
             .fetch_optional(pool)
+            .await
+    }
+
+    async fn fetch_members(
+        pool: &Pool<Self>,
+        statement: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as_with(statement, arguments::<DB>(args)?)
+            .fetch_all(pool)
+            .await
+    }
+
+    async fn fetch_records(
+        pool: &Pool<Self>,
+        statement: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<(String, String, i64, i64)>, sqlx::Error> {
+        sqlx::query_as_with(statement, arguments::<DB>(args)?)
+            .fetch_all(pool)
             .await
     }
 
@@ -483,6 +546,19 @@ pub(crate) struct Queries {
     pub(crate) delete: String,
     /// `now`: deletes expired rows, at most [`Dialect::PURGE_BATCH`] of them.
     pub(crate) purge: String,
+    /// `entry, session_key, added_at, added_at`: adds a member to the index table, or sets
+    /// its `added_at` if it is there.
+    pub(crate) index_add: String,
+    /// `entry, session_key`: removes a member.
+    pub(crate) index_remove: String,
+    /// `entry`: the `session_key, added_at` of its members.
+    pub(crate) index_members: String,
+    /// `before, now`: deletes the members added before `before` whose session has no live
+    /// row, at most [`Dialect::PURGE_BATCH`] of them.
+    pub(crate) index_purge: String,
+    /// For each size in [`LOAD_BATCHES`], in order: `now, key × size`: the
+    /// `key, data, created_at, expires_at` of the live rows among the keys.
+    pub(crate) load_many: Vec<String>,
 }
 
 /// What one SQL backend supplies to [`SqlStore`]: its SQL text and the places where it behaves
@@ -752,10 +828,153 @@ impl<D: Dialect> SqlStore<D> {
                 .map_err(backend_error)?;
             removed += deleted;
             if D::PURGE_BATCH.is_none_or(|batch| deleted < batch) {
+                break;
+            }
+        }
+        // Members of ended sessions, once no write in flight can still need them. They are
+        // not counted: the count is the sessions'.
+        let grace = u64::try_from(PRUNE_GRACE.as_millis()).unwrap_or(u64::MAX);
+        let before = Timestamp::from_millis(Timestamp::now().as_millis().saturating_sub(grace));
+        let args = [Arg::Int(to_sql(before)), now[0]];
+        loop {
+            let deleted = D::execute(pool, &self.sql.index_purge, &args)
+                .await
+                .map_err(backend_error)?;
+            if D::PURGE_BATCH.is_none_or(|batch| deleted < batch) {
                 return Ok(removed);
             }
         }
     }
+
+    /// Runs an index write, tried again while [`Dialect::retry_save`] says so (a MySQL
+    /// deadlock victim).
+    async fn index_write(&self, statement: &str, args: &[Arg<'_>]) -> Result<(), StoreError> {
+        let pool = self.migrated_pool().await?;
+        let mut attempt = 1;
+        loop {
+            match D::execute(pool, statement, args).await {
+                Ok(_) => return Ok(()),
+                Err(error) if D::retry_save(&error, attempt) => attempt += 1,
+                Err(error) => return Err(backend_error(error)),
+            }
+        }
+    }
+
+    /// One upsert into the index table. `until` is not kept: rows do not expire by
+    /// themselves, and the purge removes the members of ended sessions.
+    pub(crate) async fn index_add(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        let _ = until;
+        let added = Arg::Int(to_sql(Timestamp::now()));
+        let args = [
+            Arg::Text(entry.digest()),
+            Arg::Text(key.as_str()),
+            added,
+            added,
+        ];
+        self.index_write(&self.sql.index_add, &args).await
+    }
+
+    pub(crate) async fn index_remove(
+        &self,
+        entry: &IndexEntry,
+        key: &StoreKey,
+    ) -> Result<(), StoreError> {
+        let args = [Arg::Text(entry.digest()), Arg::Text(key.as_str())];
+        self.index_write(&self.sql.index_remove, &args).await
+    }
+
+    /// The members, by the primary key's range of `entry`. A row whose key is not a store
+    /// key (written by something else) is skipped with a warning.
+    pub(crate) async fn index_members(
+        &self,
+        entry: &IndexEntry,
+    ) -> Result<Vec<IndexMember>, StoreError> {
+        let rows = D::fetch_members(
+            self.migrated_pool().await?,
+            &self.sql.index_members,
+            &[Arg::Text(entry.digest())],
+        )
+        .await
+        .map_err(backend_error)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, added_at)| match StoreKey::parse(key.trim_end()) {
+                Some(key) => Some(IndexMember {
+                    key,
+                    added: from_sql(added_at),
+                }),
+                None => {
+                    tracing::warn!(
+                        ?entry,
+                        "skipping an index row whose session key is not a store key"
+                    );
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// One `SELECT .. WHERE key IN (..)` per batch of up to 256 keys. A row that cannot be
+    /// read is `None`, as the layer treats it.
+    pub(crate) async fn load_many(
+        &self,
+        keys: &[StoreKey],
+    ) -> Result<Vec<Option<Record>>, StoreError> {
+        let pool = self.migrated_pool().await?;
+        let now = Arg::Int(to_sql(Timestamp::now()));
+        let mut found = std::collections::HashMap::with_capacity(keys.len());
+        let largest = LOAD_BATCHES[LOAD_BATCHES.len() - 1];
+        for batch in keys.chunks(largest) {
+            let (size, statement) = LOAD_BATCHES
+                .iter()
+                .zip(&self.sql.load_many)
+                .find(|(size, _)| **size >= batch.len())
+                .unwrap_or((&largest, &self.sql.load_many[LOAD_BATCHES.len() - 1]));
+            let mut args = Vec::with_capacity(size + 1);
+            args.push(now);
+            for i in 0..*size {
+                // Padded with the last key, which changes nothing in an `IN` list.
+                let key = batch.get(i).or(batch.last()).unwrap_or(&keys[0]);
+                args.push(Arg::Text(key.as_str()));
+            }
+            let rows = D::fetch_records(pool, statement, &args)
+                .await
+                .map_err(backend_error)?;
+            for (key, data, created_at, expires_at) in rows {
+                let Some(key) = StoreKey::parse(key.trim_end()) else {
+                    continue;
+                };
+                match decode_record(&key, &data, created_at, expires_at) {
+                    Ok(record) => {
+                        found.insert(key, record);
+                    }
+                    Err(error) => tracing::warn!(%error, "skipping an unreadable session row"),
+                }
+            }
+        }
+        Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+    }
+}
+
+/// `count` placeholders after the first `first - 1`: `$2, $3, ..` (`numbered`, with `sigil`
+/// `$` or `?`) or `?, ?, ..`, for an `IN` list.
+pub(crate) fn placeholders(sigil: char, numbered: bool, first: usize, count: usize) -> String {
+    let mut list = String::with_capacity(count * 5);
+    for i in 0..count {
+        if i > 0 {
+            list.push_str(", ");
+        }
+        list.push(sigil);
+        if numbered {
+            list.push_str(&(first + i).to_string());
+        }
+    }
+    list
 }
 
 /// Writes what every SQL store type has alike, as calls into its [`SqlStore`]: the inherent
@@ -920,6 +1139,53 @@ macro_rules! sql_store_api {
 
             async fn purge_expired(&self) -> ::std::result::Result<u64, $crate::store::StoreError> {
                 self.inner.purge_expired().await
+            }
+
+            fn supports_index(&self) -> bool {
+                true
+            }
+
+            /// An upsert into the side table `<table>_index`, keyed by the entry's digest and
+            /// the store key, setting `added_at` to now. Rows do not expire (`until` is not
+            /// needed): the purge deletes the members of ended sessions once they are older
+            /// than a minute.
+            async fn index_add(
+                &self,
+                entry: &$crate::store::IndexEntry,
+                key: &$crate::id::StoreKey,
+                until: ::std::option::Option<$crate::record::Timestamp>,
+            ) -> ::std::result::Result<(), $crate::store::StoreError> {
+                self.inner.index_add(entry, key, until).await
+            }
+
+            async fn index_remove(
+                &self,
+                entry: &$crate::store::IndexEntry,
+                key: &$crate::id::StoreKey,
+            ) -> ::std::result::Result<(), $crate::store::StoreError> {
+                self.inner.index_remove(entry, key).await
+            }
+
+            /// The entry's rows, found by the primary key of `<table>_index`.
+            async fn index_members(
+                &self,
+                entry: &$crate::store::IndexEntry,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::store::IndexMember>,
+                $crate::store::StoreError,
+            > {
+                self.inner.index_members(entry).await
+            }
+
+            /// One `SELECT .. WHERE key IN (..)` per 256 keys.
+            async fn load_many(
+                &self,
+                keys: &[$crate::id::StoreKey],
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<::std::option::Option<$crate::record::Record>>,
+                $crate::store::StoreError,
+            > {
+                self.inner.load_many(keys).await
             }
 
             $($($store_items)*)?

@@ -10,6 +10,12 @@
 //!     expires_at INTEGER NOT NULL            -- Unix milliseconds
 //! );
 //! CREATE INDEX IF NOT EXISTS "sessions_expires_at_idx" ON "sessions" (expires_at);
+//! CREATE TABLE IF NOT EXISTS "sessions_index" (    -- session index members
+//!     entry       TEXT NOT NULL,      -- IndexEntry digest: 64 lowercase hex characters
+//!     session_key TEXT NOT NULL,      -- StoreKey
+//!     added_at    INTEGER NOT NULL,   -- Unix milliseconds
+//!     PRIMARY KEY (entry, session_key)
+//! ) WITHOUT ROWID;
 //! ```
 //!
 //! # Statements
@@ -37,8 +43,8 @@ use sqlx::sqlite::{
 use sqlx::Sqlite;
 
 use super::sql::{
-    backend_error, sql_store_api, Dialect, Queries, RowsAffected, SqlStore, TableName,
-    ACQUIRE_TIMEOUT, DEFAULT_PURGE_INTERVAL,
+    backend_error, placeholders, sql_store_api, Dialect, Queries, RowsAffected, SqlStore,
+    TableName, ACQUIRE_TIMEOUT, DEFAULT_PURGE_INTERVAL, LOAD_BATCHES,
 };
 use super::StoreError;
 
@@ -57,6 +63,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// - **Partial writes**: [`SaveMode::Merge`] patches the stored fields with `json_patch` in
 ///   one statement, so two requests changing different fields both keep their change.
 /// - **Concurrency**: WAL mode and a busy timeout; writers queue rather than fail.
+/// - **Indexes** (`#[session(index)]`): members in a side table `<table>_index` keyed by
+///   (entry, session key), created with the table; listing reads one range of its primary
+///   key, and the purge removes the members of ended sessions.
 ///
 /// Cloning is cheap and shares the connection pool.
 ///
@@ -86,6 +95,7 @@ impl Dialect for Sqlite {
     fn queries(table: &TableName) -> Queries {
         let t = format!("\"{}\"", table.as_str());
         let index = format!("\"{}\"", table.index_name());
+        let members = format!("\"{}\"", table.members_table());
         let upsert = format!(
             "INSERT INTO {t} (\"key\", data, created_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (\"key\") DO UPDATE SET"
@@ -100,6 +110,13 @@ impl Dialect for Sqlite {
                      expires_at INTEGER NOT NULL)"
                 ),
                 format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {members} (\
+                     entry TEXT NOT NULL, \
+                     session_key TEXT NOT NULL, \
+                     added_at INTEGER NOT NULL, \
+                     PRIMARY KEY (entry, session_key)) WITHOUT ROWID"
+                ),
             ],
             load: format!(
                 "SELECT data, created_at, expires_at FROM {t} WHERE \"key\" = ?1 AND expires_at > ?2"
@@ -123,6 +140,27 @@ impl Dialect for Sqlite {
             ),
             delete: format!("DELETE FROM {t} WHERE \"key\" = ?1"),
             purge: format!("DELETE FROM {t} WHERE expires_at <= ?1"),
+            index_add: format!(
+                "INSERT INTO {members} (entry, session_key, added_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (entry, session_key) DO UPDATE SET added_at = ?4"
+            ),
+            index_remove: format!("DELETE FROM {members} WHERE entry = ?1 AND session_key = ?2"),
+            index_members: format!("SELECT session_key, added_at FROM {members} WHERE entry = ?1"),
+            index_purge: format!(
+                "DELETE FROM {members} WHERE added_at < ?1 AND NOT EXISTS \
+                 (SELECT 1 FROM {t} WHERE {t}.\"key\" = {members}.session_key \
+                 AND {t}.expires_at > ?2)"
+            ),
+            load_many: LOAD_BATCHES
+                .iter()
+                .map(|size| {
+                    format!(
+                        "SELECT \"key\", data, created_at, expires_at FROM {t} \
+                         WHERE expires_at > ?1 AND \"key\" IN ({})",
+                        placeholders('?', true, 2, *size)
+                    )
+                })
+                .collect(),
         }
     }
 }
