@@ -276,7 +276,13 @@ async fn an_index_entry_with_unreadable_lines_keeps_its_members() {
     let Some(store) = store().await else { return };
     let entry = IndexEntry::new("user", &format!("\"{}\"", key()));
     let (member, other) = (key(), key());
-    let item_key = format!("{}index:{}", store.prefix(), entry.digest());
+    // The entry's item for `member`'s bucket (its first hex digit).
+    let item_key = format!(
+        "{}index:{}:{}",
+        store.prefix(),
+        entry.digest(),
+        &member.as_str()[..1]
+    );
     let value = format!(
         "garbage\nnot-a-key 12\n{member} 1700000000000\n{} soon\n\u{0}\n",
         key()
@@ -310,21 +316,28 @@ async fn an_index_entry_with_unreadable_lines_keeps_its_members() {
 async fn an_index_entry_expires_with_its_latest_bound() {
     let Some(store) = store().await else { return };
     let entry = IndexEntry::new("user", &format!("\"{}\"", key()));
-    let item_key = format!("{}index:{}", store.prefix(), entry.digest());
+    // One member, added three times: its bucket's item is the one whose bound moves.
+    let member = key();
+    let item_key = format!(
+        "{}index:{}:{}",
+        store.prefix(),
+        entry.digest(),
+        &member.as_str()[..1]
+    );
     let now = Timestamp::now();
     let later = now.saturating_add(Duration::from_secs(600));
-    store.index_add(&entry, &key(), Some(later)).await.unwrap();
+    store.index_add(&entry, &member, Some(later)).await.unwrap();
     store
         .index_add(
             &entry,
-            &key(),
+            &member,
             Some(now.saturating_add(Duration::from_secs(60))),
         )
         .await
         .unwrap();
     let ttl = ttl_seconds(&item_key).await.expect("the entry is stored");
     assert!((595..=602).contains(&ttl), "expires in {ttl} s");
-    store.index_add(&entry, &key(), None).await.unwrap();
+    store.index_add(&entry, &member, None).await.unwrap();
     assert_eq!(
         ttl_seconds(&item_key).await,
         Some(-1),

@@ -37,6 +37,14 @@ const MAX_CAS_ATTEMPTS: u32 = 1000;
 const MAX_VALUE_LEN: usize = 1 << 30;
 /// Keys per multi-key `get` of `load_many`: one command line of about 7 KB.
 const GET_BATCH: usize = 100;
+/// How many items one index entry is split over, by the first hex digit of the member.
+const INDEX_BUCKETS: usize = 16;
+
+/// The buckets' names: the hex digits.
+const INDEX_BUCKET_NAMES: [&str; INDEX_BUCKETS] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
+];
+
 /// The first line of an index entry's value, before its bound (`none` or Unix ms).
 const INDEX_HEADER: &str = "index-v1 until ";
 
@@ -81,8 +89,10 @@ const INDEX_HEADER: &str = "index-v1 until ";
 ///
 /// # Indexes
 ///
-/// Memcached has no sets, so each index entry is one item, `PREFIX + "index:" + digest`,
-/// holding a list, one line per member after a header giving the entry's bound:
+/// Memcached has no sets, so each index entry is 16 items, `PREFIX + "index:" + digest + ":"
+/// + hex digit`, a member going to the item of its store key's first digit (so concurrent
+/// writers of one entry rarely meet, and each item stays small; listing is one multi-key
+/// `get`). Each item holds a list, one line per member after a header giving the bound:
 ///
 /// ```text
 /// index-v1 until 1700003600000
@@ -220,9 +230,17 @@ impl MemcachedStore {
         item_key
     }
 
-    /// The memcached key of the index entry `entry`.
-    fn index_key(&self, entry: &IndexEntry) -> String {
-        format!("{}index:{}", self.prefix, entry.digest())
+    /// The memcached key of the bucket of index entry `entry` that holds `member`: the
+    /// entry is split over [`INDEX_BUCKETS`] items by the member's first hex digit, so
+    /// concurrent writers of one entry (a user logging in on many devices at once) rarely
+    /// collide, and each item stays small.
+    fn index_key(&self, entry: &IndexEntry, member: &StoreKey) -> String {
+        let bucket = member.as_str().get(..1).unwrap_or("0");
+        self.bucket_key(entry, bucket)
+    }
+
+    fn bucket_key(&self, entry: &IndexEntry, bucket: &str) -> String {
+        format!("{}index:{}:{bucket}", self.prefix, entry.digest())
     }
 
     /// Reads the index entry under `item_key`, lets `change` edit it, and writes it with
@@ -472,7 +490,7 @@ impl Store for MemcachedStore {
         key: &StoreKey,
         until: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        let item_key = self.index_key(entry);
+        let item_key = self.index_key(entry, key);
         self.within(self.update_index(&item_key, until, |list, now| {
             list.until = match (list.until, until) {
                 (Some(bound), Some(until)) => Some(bound.max(until)),
@@ -489,7 +507,7 @@ impl Store for MemcachedStore {
 
     /// A `gets`/`cas` round that writes only if the member is there.
     async fn index_remove(&self, entry: &IndexEntry, key: &StoreKey) -> Result<(), StoreError> {
-        let item_key = self.index_key(entry);
+        let item_key = self.index_key(entry, key);
         self.within(async {
             // Nothing to remove from an absent entry: no `add` of an empty one.
             if self.pool.gets(&item_key).await?.is_none() {
@@ -506,15 +524,21 @@ impl Store for MemcachedStore {
         .await
     }
 
+    /// One multi-key `get` of the entry's buckets.
     async fn index_members(&self, entry: &IndexEntry) -> Result<Vec<IndexMember>, StoreError> {
-        let item_key = self.index_key(entry);
+        let item_keys: Vec<String> = INDEX_BUCKET_NAMES
+            .iter()
+            .map(|bucket| self.bucket_key(entry, bucket))
+            .collect();
         self.within(async {
-            let Some((bytes, _cas)) = self.pool.gets(&item_key).await? else {
-                return Ok(Vec::new());
+            let values = match self.pool.run(Command::GetMany(&item_keys)).await? {
+                Reply::Values(values) => values,
+                other => return Err(unexpected(other)),
             };
-            Ok(IndexList::decode(&bytes)
-                .members
-                .into_iter()
+            Ok(item_keys
+                .iter()
+                .filter_map(|item_key| values.get(item_key))
+                .flat_map(|bytes| IndexList::decode(bytes).members)
                 .map(|(key, added)| IndexMember { key, added })
                 .collect())
         })
