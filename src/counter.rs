@@ -26,8 +26,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use session_core::store::{CachingStore, MemoryStore, Store};
 use session_core::index::SessionIndex;
+use session_core::store::{CachingStore, MemoryStore, Store};
 use session_core::{Key, Session, SessionLayer, Transport};
 use tower_http::timeout::TimeoutLayer;
 

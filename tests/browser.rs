@@ -404,7 +404,11 @@ async fn signing_out_other_sessions_in_one_browser_logs_the_other_out() {
     assert_eq!(path_of(&laptop).await, "/account");
     assert_eq!(text(&laptop, "#flash").await, "Signed out 1 other session.");
     assert_eq!(
-        laptop.find_all(Locator::Css("tr.session")).await.unwrap().len(),
+        laptop
+            .find_all(Locator::Css("tr.session"))
+            .await
+            .unwrap()
+            .len(),
         1
     );
     assert!(exists(&laptop, "#no-other-sessions").await);

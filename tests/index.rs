@@ -103,7 +103,11 @@ async fn logout_and_expiry_leave_no_live_entry(store: Arc<dyn Store>) {
     let mut second = logged_in(&layer, &name).await;
     assert_eq!(sessions(&mut first).await.len(), 2);
     assert_eq!(second.post("/logout", "").await.status, 303);
-    assert_eq!(sessions(&mut first).await.len(), 1, "logout removes the session");
+    assert_eq!(
+        sessions(&mut first).await.len(),
+        1,
+        "logout removes the session"
+    );
 
     // A login under another name moves the session to the other entry.
     let other = user();
@@ -119,18 +123,12 @@ async fn logout_and_expiry_leave_no_live_entry(store: Arc<dyn Store>) {
     logged_in(&short, &expiring).await;
     let index = short.sessions();
     assert_eq!(
-        index
-            .count(Visit::user_index(), &expiring)
-            .await
-            .unwrap(),
+        index.count(Visit::user_index(), &expiring).await.unwrap(),
         2
     );
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
-        index
-            .count(Visit::user_index(), &expiring)
-            .await
-            .unwrap(),
+        index.count(Visit::user_index(), &expiring).await.unwrap(),
         0,
         "expired sessions are not listed"
     );
@@ -165,14 +163,22 @@ async fn a_thousand_sessions_list_in_one_call(store: Arc<dyn Store>, label: &str
     let listed = index.list(Visit::user_index(), &name).await.unwrap();
     let took = started.elapsed();
     assert_eq!(listed.len(), 1000);
-    assert!(listed.iter().all(|s| s.data.user.as_deref() == Some(&*name)));
-    assert!(listed.iter().all(|s| !s.current), "no request, no current session");
+    assert!(listed
+        .iter()
+        .all(|s| s.data.user.as_deref() == Some(&*name)));
+    assert!(
+        listed.iter().all(|s| !s.current),
+        "no request, no current session"
+    );
     println!(
         "{label}: 1000 logins in {:.0} ms; listing 1000 sessions of one user took {:.1} ms",
         created.as_secs_f64() * 1e3,
         took.as_secs_f64() * 1e3
     );
-    assert_eq!(index.revoke_all(Visit::user_index(), &name).await.unwrap(), 1000);
+    assert_eq!(
+        index.revoke_all(Visit::user_index(), &name).await.unwrap(),
+        1000
+    );
     assert_eq!(index.count(Visit::user_index(), &name).await.unwrap(), 0);
 }
 
@@ -199,9 +205,16 @@ async fn a_login_racing_revoke_all_never_revives_a_revoked_session(store: Arc<dy
     while let Some(client) = racing.join_next().await {
         after.push(client.unwrap());
     }
-    assert!(revoked >= 4, "every session live before the call is revoked ({revoked})");
+    assert!(
+        revoked >= 4,
+        "every session live before the call is revoked ({revoked})"
+    );
     for client in &mut before {
-        assert_eq!(client.get("/me").await.body, "user: none", "revoked stays revoked");
+        assert_eq!(
+            client.get("/me").await.body,
+            "user: none",
+            "revoked stays revoked"
+        );
     }
     // A racing login either was revoked (logged out) or survived and is listed: a live
     // session is never missing from the index.
@@ -211,7 +224,10 @@ async fn a_login_racing_revoke_all_never_revives_a_revoked_session(store: Arc<dy
             alive += 1;
         }
     }
-    assert_eq!(index.count(Visit::user_index(), &name).await.unwrap(), alive);
+    assert_eq!(
+        index.count(Visit::user_index(), &name).await.unwrap(),
+        alive
+    );
     index.revoke_all(Visit::user_index(), &name).await.unwrap();
     for client in &mut after {
         assert_eq!(client.get("/me").await.body, "user: none");
@@ -225,7 +241,11 @@ async fn revocation_reaches_another_instance(one: Arc<dyn Store>, two: Arc<dyn S
     let name = user();
     let mut here = logged_in(&layer_one, &name).await;
     let mut there = logged_in(&layer_two, &name).await;
-    assert_eq!(sessions(&mut here).await.len(), 2, "both instances index into one store");
+    assert_eq!(
+        sessions(&mut here).await.len(),
+        2,
+        "both instances index into one store"
+    );
     here.post("/sessions/revoke-others", "").await;
     assert_eq!(there.get("/me").await.body, "user: none");
     assert_eq!(here.get("/me").await.body, format!("user: {name}"));

@@ -44,10 +44,19 @@ fn check_names_the_key_and_both_structs() {
         panic!("expected a key type conflict, got {error}");
     };
     assert_eq!(*key, "cart");
-    assert!(first.contains("key_conflicts::Counter") && first.contains("Vec<"), "{first}");
-    assert!(second.contains("key_conflicts::Shop") && second.contains("BTreeMap<"), "{second}");
+    assert!(
+        first.contains("key_conflicts::Counter") && first.contains("Vec<"),
+        "{first}"
+    );
+    assert!(
+        second.contains("key_conflicts::Shop") && second.contains("BTreeMap<"),
+        "{second}"
+    );
     let message = error.to_string();
-    assert!(message.contains("namespace"), "the message names the fix: {message}");
+    assert!(
+        message.contains("namespace"),
+        "the message names the fix: {message}"
+    );
 }
 
 #[test]

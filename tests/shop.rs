@@ -128,7 +128,10 @@ async fn logout_ends_the_session() {
     assert_eq!(reply.headers.get(header::LOCATION).unwrap(), "/?signed-out");
     let page = client.get("/?signed-out").await;
     assert!(page.body.contains("You are signed out."));
-    assert!(!page.body.contains("ada"), "nothing of the old session shows");
+    assert!(
+        !page.body.contains("ada"),
+        "nothing of the old session shows"
+    );
     assert!(!client.get("/").await.body.contains("You are signed out."));
     // The old cookie leads nowhere.
     client.cookie = Some(signed_in);

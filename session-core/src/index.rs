@@ -29,7 +29,7 @@
 //! }
 //!
 //! # async fn run() -> Result<(), session_core::SessionError> {
-//! let layer = SessionLayer::new(MemoryStore::new(), Key::generate());
+//! let layer = SessionLayer::new(MemoryStore::new(), Key::generate().expect("OS randomness"));
 //! // Outside any request (a password-change job, an admin tool): a handle from the layer.
 //! let sessions = layer.sessions();
 //! let app: Router = Router::new()
@@ -82,7 +82,7 @@ use crate::store::StoreError;
 
 /// How long an index member may name a session that does not hold the value before a reader
 /// removes it: longer than any write between adding a member and storing the value takes.
-pub(crate) const PRUNE_GRACE: Duration = Duration::from_secs(60);
+pub const PRUNE_GRACE: Duration = Duration::from_secs(60);
 
 /// A type whose values can key a session index: its JSON encoding must identify the value
 /// and never change for equal values (no maps with unordered keys, no floats).
