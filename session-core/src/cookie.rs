@@ -100,6 +100,9 @@ pub enum KeyError {
     /// The operating system could not provide random bytes.
     #[error("could not generate a random session key: {0}")]
     Random(String),
+    /// An express-session secret (or the list of them) is empty.
+    #[error("express session secret is empty")]
+    Empty,
 }
 
 /// Signing keys: the first signs, all verify.

@@ -18,6 +18,7 @@ use crate::config::{
     Config, ConfigError, IdGenerator, LockConfig, Priority, SameSite, SaveErrors, Secure,
     DEFAULT_LOCK_LEASE,
 };
+use crate::codec::{ExpressSecrets, TokenCodec};
 use crate::cookie::{Key, KeyRing};
 use crate::error::{log_failure, SessionError};
 use crate::events::{SessionEvent, SessionEvents, SessionMetrics};
@@ -45,7 +46,61 @@ impl SessionLayer {
     /// Like [`new`](Self::new), for a store chosen at run time.
     pub fn from_arc(store: Arc<dyn Store>, key: Key) -> Self {
         Self {
-            config: Arc::new(Config::new(store, KeyRing::new(key))),
+            config: Arc::new(Config::new(store, TokenCodec::Native(KeyRing::new(key)))),
+        }
+    }
+
+    /// A layer that shares sessions with a running express-session app: its cookie
+    /// (`connect.sid`, `s:ID.SIG` signed with the express secret string), its ids (the store
+    /// key is the id itself) and, with [`ConnectRedisStore`](crate::store::ConnectRedisStore)
+    /// or [`ConnectPgStore`](crate::store::ConnectPgStore), its records (one JSON object with
+    /// a `cookie` key). Typed fields are the object's top-level keys; keys the struct does not
+    /// know are kept as they are. See the [`store::express`](crate::store::express) module
+    /// for the record format and README's "Migrating from express-session" for the set-up.
+    ///
+    /// Options keep their meaning. What this mode changes: the cookie name defaults to
+    /// `connect.sid`; there is no absolute timeout (express records carry no creation time,
+    /// and [`check`](Self::check) refuses one); store keys are not hashed; per-session locks
+    /// and the token header are refused by `check`.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use session_core::store::MemoryStore;
+    /// use session_core::{ExpressSecrets, Session, SessionLayer};
+    ///
+    /// #[derive(Session)]
+    /// struct Visit {
+    ///     views: u32,
+    /// }
+    ///
+    /// async fn home(mut visit: Session<Visit>) -> String {
+    ///     *visit.views_mut() += 1;
+    ///     format!("You visited {} times", visit.views())
+    /// }
+    ///
+    /// // The same secret the express app passes to `session({ secret })`.
+    /// let secrets = ExpressSecrets::new("keyboard cat")?;
+    /// let layer = SessionLayer::express(MemoryStore::new(), secrets)
+    ///     .with_max_age(std::time::Duration::from_secs(15 * 60))
+    ///     .check()?;
+    /// let app: Router = Router::new().route("/", get(home)).layer(layer);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn express(store: impl Store, secrets: ExpressSecrets) -> Self {
+        Self::express_from_arc(Arc::new(store), secrets)
+    }
+
+    /// Like [`express`](Self::express), for a store chosen at run time.
+    pub fn express_from_arc(store: Arc<dyn Store>, secrets: ExpressSecrets) -> Self {
+        let codec = TokenCodec::Express {
+            secrets,
+            misplaced_key: false,
+        };
+        let mut config = Config::new(store, codec);
+        config.cookie_name = "connect.sid".to_owned();
+        config.absolute_timeout = None;
+        Self {
+            config: Arc::new(config),
         }
     }
 
@@ -64,7 +119,7 @@ impl SessionLayer {
     /// Adds an older key that still verifies cookies. Cookies it verifies are re-signed with
     /// the first key on their next response. Add as many as needed, newest first.
     pub fn with_old_key(self, key: Key) -> Self {
-        self.edit(|c| c.keys.push(key))
+        self.edit(|c| c.codec.push_key(key))
     }
 
     /// The cookie's name. Default: `sid`.
@@ -411,7 +466,7 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
     match action {
         Ok(CookieAction::Keep) => {}
         Ok(CookieAction::Set(id, max_age)) => {
-            let value = state.config.keys.sign(&id);
+            let value = state.config.codec.sign(&id);
             if cookie {
                 append_cookie(&mut response, &state, &value, max_age);
             }
