@@ -195,7 +195,7 @@ impl RequestState {
         match inner.key_memo {
             Some((memo_id, key)) if memo_id == id => key,
             _ => {
-                let key = id.store_key();
+                let key = self.config.codec.store_key(&id);
                 inner.key_memo = Some((id, key));
                 key
             }
@@ -717,7 +717,7 @@ impl RequestState {
                     let size = whole.encoded_len();
                     let write = match stored_id {
                         Some(id) if !inner.regenerate => Write::Replace(id, whole),
-                        _ => Write::Create(whole),
+                        _ => Write::Create(self.new_record(&inner, whole)),
                     };
                     (write, size)
                 }
@@ -745,7 +745,7 @@ impl RequestState {
                     if let Err(error) = self.call(config.store.delete(&self.store_key(old))).await {
                         // The old id must die with the regeneration; since it cannot, take the
                         // new record back so no second copy of the session is left behind.
-                        if let Err(undo) = self.call(config.store.delete(&id.store_key())).await {
+                        if let Err(undo) = self.call(config.store.delete(&config.codec.store_key(&id))).await {
                             tracing::warn!(%undo, "could not remove the new record of a failed regeneration; it lapses at its deadline");
                         }
                         return Err(error.into());
@@ -806,6 +806,23 @@ impl RequestState {
         Ok(())
     }
 
+    /// A record about to be created, as the layer's record format wants it: express-session's
+    /// records carry the cookie's settings under the reserved `cookie` key.
+    fn new_record(&self, inner: &Inner, mut record: Record) -> Record {
+        if self.config.codec.is_express() {
+            let cookie = crate::store::express::cookie_object(
+                &self.config,
+                self.cookie_secure(),
+                self.max_age(inner),
+                record.expires_at,
+            );
+            record
+                .fields
+                .insert(Arc::from(crate::store::express::COOKIE_KEY), cookie);
+        }
+        record
+    }
+
     /// Stores `record` under a fresh id (`first`, if one was drawn already), trying again on
     /// the (astronomically unlikely) collision.
     async fn create(
@@ -819,7 +836,7 @@ impl RequestState {
                 None => self.config.new_id()?,
             };
             if self
-                .call(self.config.store.create(&id.store_key(), record))
+                .call(self.config.store.create(&self.config.codec.store_key(&id), record))
                 .await?
             {
                 return Ok(id);

@@ -37,6 +37,7 @@ use crate::id::StoreKey;
 use crate::record::{Record, SaveMode, Timestamp};
 
 mod cache;
+pub mod express;
 #[cfg(feature = "file")]
 mod file;
 mod lock;
@@ -57,6 +58,10 @@ pub(crate) mod sql;
 mod sqlite;
 
 pub use cache::CachingStore;
+#[cfg(feature = "postgres")]
+pub use express::ConnectPgStore;
+#[cfg(feature = "redis")]
+pub use express::ConnectRedisStore;
 #[cfg(feature = "file")]
 pub use file::FileStore;
 pub use lock::{LocalLocks, Release, SessionLock};
