@@ -389,3 +389,78 @@ process.stdout.write(JSON.stringify(cases.map(([id, secret]) => encodeURICompone
         assert_eq!(secrets.unsign_value(cookie).as_deref(), Some(id.as_str()));
     }
 }
+
+/// The way out of compat mode: a native layer with `with_express_upgrade` serves a session
+/// an express cookie leads to, in express's formats, until the next login re-issues it
+/// natively (hashed key, native cookie), deleting the express record and cookie.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_migration_a_login_reissues_an_express_session_natively() {
+    let Some(rig) = Rig::start(Backend::Redis).await else {
+        return;
+    };
+    let Raw::Redis { prefix, connection } = &rig.raw else {
+        unreachable!()
+    };
+    let express = ConnectRedisStore::connect(&redis_url())
+        .await
+        .unwrap()
+        .with_prefix(prefix.clone());
+    let native_prefix = format!("{prefix}native:");
+    let native = session_core::store::RedisStore::connect(&redis_url())
+        .await
+        .unwrap()
+        .with_prefix(native_prefix.clone());
+    let layer = typed_sessions::counter::layer(Arc::new(native), common::key())
+        .with_express_upgrade(express, ExpressSecrets::new(SECRET).unwrap())
+        .check()
+        .unwrap();
+    let upgraded = common::express::serve_router(typed_sessions::counter::app_with(layer)).await;
+    let native_url = |path: &str| format!("{upgraded}{path}");
+
+    // A session started on Node, before the migration.
+    let mut jar = Jar::new();
+    jar.get(&rig.node("/")).await;
+    jar.post(&rig.node("/login"), "name=ada").await;
+    let express_id = session_id(&jar);
+
+    // The native app serves it as it is, in express's formats, shared with Node still.
+    assert_eq!(jar.get(&native_url("/me")).await.body, "user: ada");
+    let counted = jar.get(&native_url("/")).await;
+    assert_eq!(counted.body, "You visited 2 times");
+    assert!(!jar.cookies.contains_key("sid"), "{:?}", counted.set_cookies);
+    assert_eq!(jar.get(&rig.node("/peek")).await.body, "views: 2");
+    let record = rig.raw.record(&express_id).await.unwrap();
+    assert!(record.ends_with(r#""views":2,"user":{"name":"ada"}}"#), "{record}");
+
+    // The next login re-issues it natively: native cookie, express cookie cleared, express
+    // record deleted, the data kept under a hashed key.
+    let login = jar.post(&native_url("/login"), "name=ada").await;
+    assert_eq!(login.status, 303);
+    assert!(jar.cookies.contains_key("sid"), "{:?}", login.set_cookies);
+    assert!(!jar.cookies.contains_key("connect.sid"), "{:?}", login.set_cookies);
+    assert_eq!(rig.raw.record(&express_id).await, None);
+    assert_eq!(jar.get(&native_url("/me")).await.body, "user: ada");
+    assert_eq!(jar.get(&native_url("/")).await.body, "You visited 3 times");
+    let mut redis = connection.clone();
+    let native_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{native_prefix}*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(native_keys.len(), 1, "{native_keys:?}");
+    let hashed = native_keys[0].trim_start_matches(native_prefix.as_str());
+    assert_eq!(hashed.len(), 64);
+    assert!(!hashed.contains(&express_id));
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&native_keys[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!fields.iter().any(|f| f == "cookie"), "{fields:?}");
+
+    // New visitors get native sessions from the start.
+    let mut fresh = Jar::new();
+    fresh.get(&native_url("/")).await;
+    assert!(fresh.cookies.contains_key("sid"));
+    assert!(!fresh.cookies.contains_key("connect.sid"));
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::TokenCodec;
+use crate::codec::{ExpressUpgrade, TokenCodec};
 use crate::error::SessionError;
 use crate::events::{SessionEvents, SessionMetrics};
 use crate::id::SessionId;
@@ -88,6 +88,8 @@ pub(crate) struct Config {
     pub(crate) store: Arc<dyn Store>,
     /// How the id is written into the token and which store key it names.
     pub(crate) codec: TokenCodec,
+    /// Express sessions still accepted until regenerated (a native layer only).
+    pub(crate) upgrade: Option<ExpressUpgrade>,
     pub(crate) cookie_name: String,
     pub(crate) path: String,
     pub(crate) domain: Option<String>,
@@ -130,6 +132,7 @@ impl Config {
         Self {
             store,
             codec,
+            upgrade: None,
             cookie_name: "sid".to_owned(),
             path: "/".to_owned(),
             domain: None,
@@ -228,8 +231,19 @@ impl Config {
     /// What express-session compatibility mode cannot do.
     fn check_express(&self) -> Result<(), ConfigError> {
         let TokenCodec::Express { misplaced_key, .. } = &self.codec else {
+            #[cfg(feature = "axum")]
+            if self.upgrade.is_some() && self.transport.uses_header() {
+                return Err(ConfigError::ExpressCompat(
+                    "express sessions are upgraded from their cookie only: use `Transport::Cookie`",
+                ));
+            }
             return Ok(());
         };
+        if self.upgrade.is_some() {
+            return Err(ConfigError::ExpressCompat(
+                "`with_express_upgrade` moves a native layer off express sessions; an express layer has them already",
+            ));
+        }
         if *misplaced_key {
             return Err(ConfigError::ExpressCompat(
                 "`with_old_key` takes native keys; give older express secrets with `ExpressSecrets::with_old_secret` or `ExpressSecrets::from_list`",

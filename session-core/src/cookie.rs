@@ -120,6 +120,9 @@ pub(crate) struct CookieLookup {
     pub(crate) old_key: bool,
     /// Some cookie with the session cookie's name was sent, valid or not.
     pub(crate) present: bool,
+    /// The id came from an express-session cookie, on a native layer upgrading express
+    /// sessions: its record is in the express store, under the id itself.
+    pub(crate) legacy: bool,
 }
 
 impl KeyRing {

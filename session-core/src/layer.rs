@@ -18,7 +18,7 @@ use crate::config::{
     Config, ConfigError, IdGenerator, LockConfig, Priority, SameSite, SaveErrors, Secure,
     DEFAULT_LOCK_LEASE,
 };
-use crate::codec::{ExpressSecrets, TokenCodec};
+use crate::codec::{ExpressSecrets, ExpressUpgrade, TokenCodec};
 use crate::cookie::{Key, KeyRing};
 use crate::error::{log_failure, SessionError};
 use crate::events::{SessionEvent, SessionEvents, SessionMetrics};
@@ -102,6 +102,39 @@ impl SessionLayer {
         Self {
             config: Arc::new(config),
         }
+    }
+
+    /// The way out of express compatibility mode: this (native) layer also accepts the
+    /// express-session cookie `connect.sid` signed with `secrets`, and serves its session
+    /// from `express_store` (the store the express layer used) in express's formats, until
+    /// the session is regenerated (at the next login): then it is re-issued natively, in
+    /// this layer's store under a hashed key with this layer's cookie, and the express record
+    /// and cookie are deleted. New sessions are native from the start.
+    ///
+    /// Per-session locks and the token header are refused by [`check`](Self::check) in this
+    /// mode.
+    ///
+    /// ```
+    /// use session_core::store::MemoryStore;
+    /// use session_core::{ExpressSecrets, Key, SessionLayer};
+    ///
+    /// # let express_store = MemoryStore::new();
+    /// let layer = SessionLayer::new(MemoryStore::new(), Key::generate()?)
+    ///     // In production, the `ConnectRedisStore` or `ConnectPgStore` of the express layer.
+    ///     .with_express_upgrade(express_store, ExpressSecrets::new("keyboard cat")?)
+    ///     .check()?;
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_express_upgrade(self, express_store: impl Store, secrets: ExpressSecrets) -> Self {
+        let express: Arc<dyn Store> = Arc::new(express_store);
+        self.edit(|c| {
+            c.store = Arc::new(crate::store::express::UpgradeStore::new(c.store.clone(), express));
+            c.upgrade = Some(ExpressUpgrade {
+                secrets,
+                cookie_name: "connect.sid".to_owned(),
+            });
+        })
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
@@ -466,17 +499,36 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
     match action {
         Ok(CookieAction::Keep) => {}
         Ok(CookieAction::Set(id, max_age)) => {
-            let value = state.config.codec.sign(&id);
-            if cookie {
-                append_cookie(&mut response, &state, &value, max_age);
-            }
-            if answer.header {
-                transport::append_token_header(&mut response, &state.config, &value);
+            let legacy = state.legacy_id();
+            match (&state.config.upgrade, legacy) {
+                // An express session not yet upgraded: its cookie stays express's.
+                (Some(upgrade), Some(legacy)) if legacy == id => {
+                    if cookie {
+                        let value = upgrade.secrets.sign(&id);
+                        append_cookie(&mut response, &state, &upgrade.cookie_name, &value, max_age);
+                    }
+                }
+                _ => {
+                    let value = state.config.codec.sign(&id);
+                    if cookie {
+                        append_cookie(&mut response, &state, &state.config.cookie_name, &value, max_age);
+                        // Upgraded (regenerated) from an express session: its cookie goes.
+                        if let (Some(upgrade), Some(_)) = (&state.config.upgrade, legacy) {
+                            append_cookie(&mut response, &state, &upgrade.cookie_name, "", Some(Duration::ZERO));
+                        }
+                    }
+                    if answer.header {
+                        transport::append_token_header(&mut response, &state.config, &value);
+                    }
+                }
             }
         }
         Ok(CookieAction::Clear) => {
             if cookie {
-                append_cookie(&mut response, &state, "", Some(Duration::ZERO));
+                append_cookie(&mut response, &state, &state.config.cookie_name, "", Some(Duration::ZERO));
+                if let (Some(upgrade), Some(_)) = (&state.config.upgrade, state.legacy_id()) {
+                    append_cookie(&mut response, &state, &upgrade.cookie_name, "", Some(Duration::ZERO));
+                }
             }
             if answer.header {
                 transport::append_token_header(&mut response, &state.config, "");
@@ -557,11 +609,12 @@ fn path_matches(request: &str, cookie: &str) -> bool {
 fn append_cookie(
     response: &mut Response,
     state: &RequestState,
+    name: &str,
     value: &str,
     max_age: Option<Duration>,
 ) {
     let config = &state.config;
-    let mut cookie = cookie::Cookie::build((config.cookie_name.as_str(), value))
+    let mut cookie = cookie::Cookie::build((name, value))
         .path(config.path.as_str())
         .http_only(config.http_only)
         .secure(state.cookie_secure())

@@ -195,7 +195,12 @@ impl RequestState {
         match inner.key_memo {
             Some((memo_id, key)) if memo_id == id => key,
             _ => {
-                let key = self.config.codec.store_key(&id);
+                let key = if inner.lookup.legacy && inner.lookup.id == Some(id) {
+                    // An express session being upgraded: kept under its id until regenerated.
+                    StoreKey::unhashed(&id)
+                } else {
+                    self.config.codec.store_key(&id)
+                };
                 inner.key_memo = Some((id, key));
                 key
             }
@@ -381,6 +386,13 @@ impl RequestState {
     pub(crate) fn has_stored_session(&self) -> bool {
         let inner = self.lock();
         inner.record.is_some() && !inner.destroy
+    }
+
+    /// The id of the express cookie the request's session came from, on a native layer
+    /// upgrading express sessions (until it is regenerated).
+    pub(crate) fn legacy_id(&self) -> Option<SessionId> {
+        let inner = self.lock();
+        inner.lookup.id.filter(|_| inner.lookup.legacy)
     }
 
     /// Whether the request carried a session token, valid or not.
@@ -819,6 +831,9 @@ impl RequestState {
             record
                 .fields
                 .insert(Arc::from(crate::store::express::COOKIE_KEY), cookie);
+        } else if self.config.upgrade.is_some() && inner.lookup.legacy {
+            // An express session re-issued natively: express's cookie settings stay behind.
+            record.fields.remove(crate::store::express::COOKIE_KEY);
         }
         record
     }

@@ -139,7 +139,11 @@ fn free_port() -> u16 {
 pub async fn serve_rust(store: Arc<dyn Store>) -> String {
     let secrets = ExpressSecrets::new(SECRET).unwrap();
     let layer = counter::express_layer(store, secrets).check().unwrap();
-    let app = counter::app_with(layer);
+    serve_router(counter::app_with(layer)).await
+}
+
+/// Serves `app` on a free port; returns its base URL.
+pub async fn serve_router(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

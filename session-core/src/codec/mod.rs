@@ -17,6 +17,39 @@ pub use express::ExpressSecrets;
 use crate::cookie::{CookieLookup, Key, KeyRing};
 use crate::id::{SessionId, StoreKey};
 
+/// A native layer's way out of express compatibility mode: express cookies still lead to
+/// their sessions (kept in the express store, re-sent in express's format) until the session
+/// is regenerated, which re-issues it natively. See
+/// [`SessionLayer::with_express_upgrade`](crate::SessionLayer::with_express_upgrade).
+#[derive(Clone, Debug)]
+pub(crate) struct ExpressUpgrade {
+    pub(crate) secrets: ExpressSecrets,
+    pub(crate) cookie_name: String,
+}
+
+impl ExpressUpgrade {
+    /// Looks for an express cookie when the request has no valid native one.
+    pub(crate) fn find<'a>(
+        &self,
+        native: CookieLookup,
+        headers: impl IntoIterator<Item = &'a [u8]>,
+    ) -> CookieLookup {
+        if native.id.is_some() {
+            return native;
+        }
+        let legacy = self.secrets.find(&self.cookie_name, headers);
+        match legacy.id {
+            Some(_) => CookieLookup {
+                legacy: true,
+                present: true,
+                old_key: false,
+                ..legacy
+            },
+            None => native,
+        }
+    }
+}
+
 /// The token codec of a layer.
 #[derive(Clone, Debug)]
 pub(crate) enum TokenCodec {

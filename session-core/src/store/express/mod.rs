@@ -51,6 +51,9 @@ use crate::store::StoreError;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+mod upgrade;
+
+pub(crate) use upgrade::UpgradeStore;
 
 #[cfg(feature = "postgres")]
 pub use postgres::ConnectPgStore;
@@ -63,6 +66,7 @@ pub(crate) const COOKIE_KEY: &str = "cookie";
 /// expiry (a browser-session cookie): one day.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// How many times a save reads the record again after the other app wrote it in between.
+#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
 pub(crate) const SAVE_ATTEMPTS: usize = 16;
 
 /// The error for a hashed store key.
