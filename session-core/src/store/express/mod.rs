@@ -27,8 +27,9 @@
 //! The Node stores keep one value per session, so a record is written whole; the layer still
 //! writes only when something changed, and only the keys it changed: a save reads the record,
 //! sets the changed keys on what it read and writes it back **only if the record is still what
-//! it read** (a compare-and-set: a Lua script in Redis, `WHERE sess::text = $old` in
-//! PostgreSQL), reading again when the Node app wrote in between. So a change the Node app
+//! it read**: in Redis a compare-and-set (a Lua script) that reads again when the Node app
+//! wrote in between; in PostgreSQL the row stays locked (`SELECT .. FOR UPDATE`) from the
+//! read to the write. So a change the Node app
 //! made to another key between our load and our save is kept.
 //!
 //! What remains: express-session itself writes the whole object it loaded, so a change this
@@ -66,8 +67,16 @@ pub(crate) const COOKIE_KEY: &str = "cookie";
 /// expiry (a browser-session cookie): one day.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// How many times a save reads the record again after the other app wrote it in between.
-#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
-pub(crate) const SAVE_ATTEMPTS: usize = 16;
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) const SAVE_ATTEMPTS: u32 = 16;
+
+/// The pause before save attempt `attempt` (counted from 1) reads the record again: a
+/// millisecond more each time (at most 136 ms in all), so a save racing a busy writer gets
+/// its turn.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) async fn back_off(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
+}
 
 /// The error for a hashed store key.
 #[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]

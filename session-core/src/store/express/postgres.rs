@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::{not_express, ExpressObject, DEFAULT_TTL, SAVE_ATTEMPTS};
+use super::{not_express, ExpressObject, DEFAULT_TTL};
 use crate::id::StoreKey;
 use crate::record::{Record, SaveMode, Timestamp};
 use crate::store::sql::{backend_error, TableName};
@@ -52,8 +52,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 ///   has none, as connect-pg-simple computes it; rows past it are never read. The timestamp
 ///   has no time zone: both apps must use the same session `TimeZone` (UTC; this store's
 ///   connections use UTC).
-/// - A save is a compare-and-set: `UPDATE .. WHERE sid = $1 AND sess::text = $read`, reading
-///   again if the Node app wrote the row in between.
+/// - A save reads the row `FOR UPDATE`, sets its changed keys on what it read and writes it
+///   back in one transaction: the Node app's write of the same session waits for it, and a
+///   change the Node app made before is built on, not undone.
 /// - A touch updates `expire` only. Expired rows are deleted by
 ///   [`purge_expired`](Store::purge_expired) (connect-pg-simple prunes on its own timer too).
 #[derive(Clone)]
@@ -209,42 +210,34 @@ impl Store for ConnectPgStore {
     ) -> Result<bool, StoreError> {
         let sid = Self::sid(key)?;
         let table = self.table.as_str();
-        for _ in 0..SAVE_ATTEMPTS {
-            let now = Timestamp::now();
-            let read: Option<(String,)> = sqlx::query_as(&format!(
-                r#"SELECT sess::text FROM "{table}" WHERE sid = $1 AND expire >= to_timestamp($2)"#
-            ))
-            .bind(&sid)
-            .bind(epoch_seconds(now))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend_error)?;
-            let Some((read,)) = read else {
-                return Ok(false);
-            };
-            let mut object = ExpressObject::parse(&read)?;
-            object.apply(record, mode)?;
-            let written = sqlx::query(&format!(
-                r#"UPDATE "{table}" SET sess = $2::json, expire = to_timestamp($3)
-                   WHERE sid = $1 AND sess::text = $4 AND expire >= to_timestamp($5)"#
-            ))
-            .bind(&sid)
-            .bind(object.to_json())
-            .bind(expire_of(&object, now))
-            .bind(&read)
-            .bind(epoch_seconds(now))
-            .execute(&self.pool)
-            .await
-            .map_err(backend_error)?;
-            if written.rows_affected() == 1 {
-                return Ok(true);
-            }
-            // Changed (or gone) since it was read: read again.
-            tracing::debug!("express session row changed during a save; reading it again");
-        }
-        Err(StoreError::Rejected(format!(
-            "the express session row kept changing during {SAVE_ATTEMPTS} attempts to save it"
-        )))
+        let now = Timestamp::now();
+        // The row stays locked from the read to the write: the Node app's upsert of the same
+        // session waits for it, so the keys it changed before are the ones this save builds on.
+        let mut tx = self.pool.begin().await.map_err(backend_error)?;
+        let read: Option<(String,)> = sqlx::query_as(&format!(
+            r#"SELECT sess::text FROM "{table}" WHERE sid = $1 AND expire >= to_timestamp($2) FOR UPDATE"#
+        ))
+        .bind(&sid)
+        .bind(epoch_seconds(now))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend_error)?;
+        let Some((read,)) = read else {
+            return Ok(false);
+        };
+        let mut object = ExpressObject::parse(&read)?;
+        object.apply(record, mode)?;
+        sqlx::query(&format!(
+            r#"UPDATE "{table}" SET sess = $2::json, expire = to_timestamp($3) WHERE sid = $1"#
+        ))
+        .bind(&sid)
+        .bind(object.to_json())
+        .bind(expire_of(&object, now))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_error)?;
+        tx.commit().await.map_err(backend_error)?;
+        Ok(true)
     }
 
     async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {

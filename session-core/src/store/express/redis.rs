@@ -7,7 +7,7 @@ use std::time::Duration;
 use ::redis::Script;
 use async_trait::async_trait;
 
-use super::{not_express, ExpressObject, DEFAULT_TTL, SAVE_ATTEMPTS};
+use super::{back_off, not_express, ExpressObject, DEFAULT_TTL, SAVE_ATTEMPTS};
 use crate::id::StoreKey;
 use crate::record::{Record, SaveMode, Timestamp};
 use crate::store::{RedisStore, Store, StoreError};
@@ -181,7 +181,10 @@ impl Store for ConnectRedisStore {
     ) -> Result<bool, StoreError> {
         let redis_key = self.redis_key(key)?;
         let redis_key = redis_key.as_str();
-        for _ in 0..SAVE_ATTEMPTS {
+        for attempt in 0..SAVE_ATTEMPTS {
+            if attempt > 0 {
+                back_off(attempt).await;
+            }
             let read: Option<String> = self
                 .redis
                 .call("save", move |mut connection| async move {
