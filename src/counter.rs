@@ -245,7 +245,10 @@ async fn open_store(spec: &str) -> Result<Arc<dyn Store>, String> {
         #[cfg(feature = "postgres")]
         _ if spec.starts_with("connect-pg://") => {
             let url = format!("postgres://{}", &spec["connect-pg://".len()..]);
-            opened(spec, session_core::store::ConnectPgStore::connect(&url).await)
+            opened(
+                spec,
+                session_core::store::ConnectPgStore::connect(&url).await,
+            )
         }
         other => Err(format!(
             "unknown SESSION_STORE {other:?}; this build knows: {}",

@@ -27,6 +27,9 @@ pub async fn serve_from_env(
     serve_with_compat(name, layer, None, app).await
 }
 
+/// Builds an app's session layer in express-session compatibility mode.
+pub type ExpressLayerFn = fn(Arc<dyn Store>, ExpressSecrets) -> SessionLayer;
+
 /// [`serve_from_env`] for an app that also has an express-session compatibility mode:
 /// `SESSION_COMPAT=express` builds its layer with `express_layer`, from `SESSION_SECRET` taken
 /// as express takes it (any length, required) and a store from `SESSION_STORE`
@@ -38,7 +41,7 @@ pub async fn serve_from_env(
 pub async fn serve_with_compat(
     name: &str,
     layer: fn(Arc<dyn Store>, Key) -> SessionLayer,
-    express_layer: Option<fn(Arc<dyn Store>, ExpressSecrets) -> SessionLayer>,
+    express_layer: Option<ExpressLayerFn>,
     app: fn(SessionLayer) -> Router,
 ) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -62,7 +65,7 @@ pub async fn serve_with_compat(
         )
         .into());
     }
-    let layer: Box<dyn FnOnce(Arc<dyn Store>) -> Result<SessionLayer, String>> = match compat {
+    let layer: Box<dyn FnOnce(Arc<dyn Store>) -> SessionLayer> = match compat {
         Some(counter::Compat::Express) => {
             let express_layer = express_layer
                 .ok_or_else(|| format!("the {name} has no express-session compatibility mode"))?;
@@ -71,11 +74,11 @@ pub async fn serve_with_compat(
             })?;
             let secrets =
                 ExpressSecrets::new(&secret).map_err(|e| format!("SESSION_SECRET: {e}"))?;
-            Box::new(move |store| Ok(express_layer(store, secrets)))
+            Box::new(move |store| express_layer(store, secrets))
         }
         None => {
             let key = native_key()?;
-            Box::new(move |store| Ok(layer(store, key)))
+            Box::new(move |store| layer(store, key))
         }
     };
     let store = counter::store_from_spec(&spec).await?;
@@ -85,7 +88,7 @@ pub async fn serve_with_compat(
     let proxies = counter::trusted_proxies_from_spec(
         &std::env::var("SESSION_TRUSTED_PROXIES").unwrap_or_default(),
     );
-    let mut layer = layer(store)?.with_transport(transport);
+    let mut layer = layer(store).with_transport(transport);
     if !proxies.is_empty() {
         layer = layer.with_trusted_proxies(proxies);
     }

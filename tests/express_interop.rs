@@ -65,8 +65,12 @@ impl Raw {
                     .unwrap()
             }
             Raw::Postgres { pool, table } => {
-                sqlx_text(pool, &format!(r#"SELECT sess::text FROM "{table}" WHERE sid = $1"#), id)
-                    .await
+                sqlx_text(
+                    pool,
+                    &format!(r#"SELECT sess::text FROM "{table}" WHERE sid = $1"#),
+                    id,
+                )
+                .await
             }
         }
     }
@@ -151,7 +155,10 @@ impl Drop for Rig {
 
 /// The session id in the jar's `connect.sid`.
 fn session_id(jar: &Jar) -> String {
-    let cookie = jar.cookies.get("connect.sid").expect("a connect.sid cookie");
+    let cookie = jar
+        .cookies
+        .get("connect.sid")
+        .expect("a connect.sid cookie");
     ExpressSecrets::new(SECRET)
         .unwrap()
         .unsign_value(cookie)
@@ -174,7 +181,10 @@ async fn alternating_counts_from_one_to_a_hundred(backend: Backend) {
         assert_eq!(answer.body, format!("You visited {visit} times"), "{url}");
     }
     let record = rig.raw.record(&session_id(&jar)).await.unwrap();
-    assert!(record.starts_with(r#"{"cookie":{"originalMaxAge":900000,"expires":""#), "{record}");
+    assert!(
+        record.starts_with(r#"{"cookie":{"originalMaxAge":900000,"expires":""#),
+        "{record}"
+    );
     assert!(record.ends_with(r#""views":100}"#), "{record}");
 }
 
@@ -225,7 +235,10 @@ async fn logins_carts_and_logouts_cross_over(backend: Backend) {
 
     // A login on Rust shows on Node; logout on Node ends it on both.
     let mut jar = Jar::new();
-    assert_eq!(jar.post(&rig.rust("/login"), "name=grace").await.status, 303);
+    assert_eq!(
+        jar.post(&rig.rust("/login"), "name=grace").await.status,
+        303
+    );
     assert_eq!(jar.get(&rig.node("/me")).await.body, "user: grace");
     let id = session_id(&jar);
     let record = rig.raw.record(&id).await.unwrap();
@@ -274,7 +287,11 @@ async fn forged_cookies_are_refused_by_both(backend: Backend) {
         for url in [rig.node("/peek"), rig.rust("/peek")] {
             let mut forger = Jar::new();
             forger.cookies.insert("connect.sid".into(), forged.clone());
-            assert_eq!(forger.get(&url).await.body, "views: 0", "{url} took {forged}");
+            assert_eq!(
+                forger.get(&url).await.body,
+                "views: 0",
+                "{url} took {forged}"
+            );
         }
     }
     // Nothing the forgers did touched the session.
@@ -353,11 +370,17 @@ async fn cookies_match_cookie_signature_byte_for_byte() {
     }
     let mut cases = Vec::new();
     for i in 0..40 {
-        let id = session_core::SessionId::generate().unwrap().as_str().to_owned();
+        let id = session_core::SessionId::generate()
+            .unwrap()
+            .as_str()
+            .to_owned();
         let secret = match i % 4 {
             0 => "keyboard cat".to_owned(),
             1 => format!("ünïcödé secret {i}"),
-            2 => session_core::SessionId::generate().unwrap().as_str().repeat(3),
+            2 => session_core::SessionId::generate()
+                .unwrap()
+                .as_str()
+                .repeat(3),
             _ => format!("s{i}"),
         };
         cases.push((id, secret));
@@ -377,7 +400,12 @@ process.stdout.write(JSON.stringify(cases.map(([id, secret]) => encodeURICompone
     {
         use std::io::Write as _;
         let input = serde_json::to_string(&cases).unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
@@ -427,17 +455,28 @@ async fn after_the_migration_a_login_reissues_an_express_session_natively() {
     assert_eq!(jar.get(&native_url("/me")).await.body, "user: ada");
     let counted = jar.get(&native_url("/")).await;
     assert_eq!(counted.body, "You visited 2 times");
-    assert!(!jar.cookies.contains_key("sid"), "{:?}", counted.set_cookies);
+    assert!(
+        !jar.cookies.contains_key("sid"),
+        "{:?}",
+        counted.set_cookies
+    );
     assert_eq!(jar.get(&rig.node("/peek")).await.body, "views: 2");
     let record = rig.raw.record(&express_id).await.unwrap();
-    assert!(record.ends_with(r#""views":2,"user":{"name":"ada"}}"#), "{record}");
+    assert!(
+        record.ends_with(r#""views":2,"user":{"name":"ada"}}"#),
+        "{record}"
+    );
 
     // The next login re-issues it natively: native cookie, express cookie cleared, express
     // record deleted, the data kept under a hashed key.
     let login = jar.post(&native_url("/login"), "name=ada").await;
     assert_eq!(login.status, 303);
     assert!(jar.cookies.contains_key("sid"), "{:?}", login.set_cookies);
-    assert!(!jar.cookies.contains_key("connect.sid"), "{:?}", login.set_cookies);
+    assert!(
+        !jar.cookies.contains_key("connect.sid"),
+        "{:?}",
+        login.set_cookies
+    );
     assert_eq!(rig.raw.record(&express_id).await, None);
     assert_eq!(jar.get(&native_url("/me")).await.body, "user: ada");
     assert_eq!(jar.get(&native_url("/")).await.body, "You visited 3 times");

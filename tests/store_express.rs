@@ -112,13 +112,13 @@ impl Backend {
                     .await
                     .unwrap()
             }
-            Backend::Postgres { pool, table, .. } => {
-                sqlx::query_scalar(&format!(r#"SELECT sess::text FROM "{table}" WHERE sid = $1"#))
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await
-                    .unwrap()
-            }
+            Backend::Postgres { pool, table, .. } => sqlx::query_scalar(&format!(
+                r#"SELECT sess::text FROM "{table}" WHERE sid = $1"#
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .unwrap(),
         }
     }
 
@@ -217,9 +217,13 @@ async fn unknown_keys_are_kept_byte_for_byte(backend: Backend) {
     assert_eq!(reply.body, "You visited 2 times");
     let after = backend.raw(&id).await.unwrap();
     // Only `views` and the cookie's expiry (moved to the new deadline) changed.
-    let expected_tail = r#""views":2,"legacy":{ "spaced" : [1, 2.50, "é"] },"user":{ "name" : "ada" }}"#;
+    let expected_tail =
+        r#""views":2,"legacy":{ "spaced" : [1, 2.50, "é"] },"user":{ "name" : "ada" }}"#;
     assert!(after.ends_with(expected_tail), "{after}");
-    assert!(after.starts_with(r#"{"cookie":{"originalMaxAge":900000,"expires":""#), "{after}");
+    assert!(
+        after.starts_with(r#"{"cookie":{"originalMaxAge":900000,"expires":""#),
+        "{after}"
+    );
     assert_ne!(after, before);
     let me = send(&app, get("/me", Some(&cookie_for(&id)))).await;
     assert_eq!(me.body, "user: ada");
@@ -329,10 +333,12 @@ async fn saves_keep_concurrent_atomic_changes(backend: Backend) {
         assert!(store.save(&key, &write, SaveMode::Merge).await.unwrap());
     }
     other.await.unwrap();
-    let record: serde_json::Value =
-        serde_json::from_str(&backend.raw(&id).await.unwrap()).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&backend.raw(&id).await.unwrap()).unwrap();
     assert_eq!(record["views"], ROUNDS);
-    assert_eq!(record["other"], ROUNDS, "a save undid the other app's change");
+    assert_eq!(
+        record["other"], ROUNDS,
+        "a save undid the other app's change"
+    );
     backend.drop_table().await;
 }
 
@@ -374,8 +380,14 @@ async fn redis_ttl_follows_cookie_expires_and_touch_only_moves_the_expiry() {
     // connect-redis: ceil((cookie.expires - now) / 1 s), the 15 minutes of the counter.
     assert!((899..=900).contains(&ttl), "{ttl}");
     let stored = backend.raw(&id).await.unwrap();
-    assert!(stored.starts_with(r#"{"cookie":{"originalMaxAge":900000,"expires":""#), "{stored}");
-    assert!(stored.ends_with(r#","httpOnly":true,"path":"/","sameSite":"lax"},"views":1}"#), "{stored}");
+    assert!(
+        stored.starts_with(r#"{"cookie":{"originalMaxAge":900000,"expires":""#),
+        "{stored}"
+    );
+    assert!(
+        stored.ends_with(r#","httpOnly":true,"path":"/","sameSite":"lax"},"views":1}"#),
+        "{stored}"
+    );
 
     let later = Timestamp::now().saturating_add(Duration::from_secs(3600));
     assert!(backend.store().touch(&store_key(&id), later).await.unwrap());
@@ -385,12 +397,20 @@ async fn redis_ttl_follows_cookie_expires_and_touch_only_moves_the_expiry() {
         .await
         .unwrap();
     assert!((3599..=3600).contains(&ttl), "{ttl}");
-    assert_eq!(backend.raw(&id).await.unwrap(), stored, "touch is EXPIRE only");
+    assert_eq!(
+        backend.raw(&id).await.unwrap(),
+        stored,
+        "touch is EXPIRE only"
+    );
     // A touch or save of a session that is gone writes nothing.
     let gone = store_key(&new_id());
     assert!(!backend.store().touch(&gone, later).await.unwrap());
     let write = Record::new(Timestamp::now(), later);
-    assert!(!backend.store().save(&gone, &write, SaveMode::Merge).await.unwrap());
+    assert!(!backend
+        .store()
+        .save(&gone, &write, SaveMode::Merge)
+        .await
+        .unwrap());
 }
 
 #[tokio::test]
@@ -415,11 +435,12 @@ async fn postgres_expire_is_cookie_expires_rounded_up_to_the_second() {
     .fetch_one(pool)
     .await
     .unwrap();
-    let millis: f64 = sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM $1::timestamptz)::float8 * 1000")
-        .bind(&expires)
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let millis: f64 =
+        sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM $1::timestamptz)::float8 * 1000")
+            .bind(&expires)
+            .fetch_one(pool)
+            .await
+            .unwrap();
     assert_eq!(expire, (millis / 1000.0).ceil(), "{expires}");
     let gone = store_key(&new_id());
     let later = Timestamp::now().saturating_add(Duration::from_secs(3600));
@@ -429,7 +450,8 @@ async fn postgres_expire_is_cookie_expires_rounded_up_to_the_second() {
 
 #[test]
 fn compat_mode_refuses_what_it_cannot_honour() {
-    let express = || SessionLayer::express(MemoryStore::new(), ExpressSecrets::new(SECRET).unwrap());
+    let express =
+        || SessionLayer::express(MemoryStore::new(), ExpressSecrets::new(SECRET).unwrap());
     assert!(express().check().is_ok());
     let refused = [
         express().with_absolute_timeout(Duration::from_secs(3600)),
@@ -455,9 +477,57 @@ async fn a_native_layer_cannot_use_an_express_store_by_mistake() {
     let Some(backend) = Backend::redis().await else {
         return;
     };
-    let layer = counter::layer(backend.store(), common::key()).check().unwrap();
+    let layer = counter::layer(backend.store(), common::key())
+        .check()
+        .unwrap();
     let app = counter::app_with(layer);
     let reply = send(&app, get("/", None)).await;
     // The store refuses hashed keys: an error response, not a record Node cannot read.
     assert_eq!(reply.status, 500);
+}
+
+#[test]
+fn the_counter_user_is_written_in_express_shape_and_reads_a_bare_name_too() {
+    let ada = counter::User {
+        name: "ada".to_owned(),
+    };
+    assert_eq!(serde_json::to_string(&ada).unwrap(), r#"{"name":"ada"}"#);
+    assert_eq!(
+        serde_json::from_str::<counter::User>(r#"{"name":"ada"}"#).unwrap(),
+        ada
+    );
+    assert_eq!(
+        serde_json::from_str::<counter::User>(r#""ada""#).unwrap(),
+        ada
+    );
+    assert!(serde_json::from_str::<counter::User>("3").is_err());
+}
+
+#[test]
+fn session_compat_and_express_store_specs_are_read() {
+    assert_eq!(counter::compat_from_spec("").unwrap(), None);
+    assert_eq!(
+        counter::compat_from_spec(" Express ").unwrap(),
+        Some(counter::Compat::Express)
+    );
+    assert!(counter::compat_from_spec("koa")
+        .unwrap_err()
+        .contains("express"));
+    assert!(counter::is_express_store("connect-redis://127.0.0.1:6379"));
+    assert!(counter::is_express_store(
+        "connect-pg://postgres@127.0.0.1:5432/test"
+    ));
+    assert!(!counter::is_express_store("redis://127.0.0.1:6379"));
+    assert!(counter::KNOWN_STORES.contains(&"connect-redis://HOST:PORT"));
+}
+
+/// (`connect-pg://` is left out: it would create connect-pg-simple's default table in the
+/// shared test database, which other tests do not expect.)
+#[tokio::test]
+async fn the_counter_opens_a_connect_redis_spec() {
+    let address = redis_url().trim_start_matches("redis://").to_owned();
+    server_or_skip(
+        "Redis",
+        counter::store_from_spec(&format!("connect-redis://{address}")).await,
+    );
 }

@@ -14,11 +14,11 @@ use http::{HeaderValue, Request, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::codec::{ExpressSecrets, ExpressUpgrade, TokenCodec};
 use crate::config::{
     Config, ConfigError, IdGenerator, LockConfig, Priority, SameSite, SaveErrors, Secure,
     DEFAULT_LOCK_LEASE,
 };
-use crate::codec::{ExpressSecrets, ExpressUpgrade, TokenCodec};
 use crate::cookie::{Key, KeyRing};
 use crate::error::{log_failure, SessionError};
 use crate::events::{SessionEvent, SessionEvents, SessionMetrics};
@@ -129,7 +129,10 @@ impl SessionLayer {
     pub fn with_express_upgrade(self, express_store: impl Store, secrets: ExpressSecrets) -> Self {
         let express: Arc<dyn Store> = Arc::new(express_store);
         self.edit(|c| {
-            c.store = Arc::new(crate::store::express::UpgradeStore::new(c.store.clone(), express));
+            c.store = Arc::new(crate::store::express::UpgradeStore::new(
+                c.store.clone(),
+                express,
+            ));
             c.upgrade = Some(ExpressUpgrade {
                 secrets,
                 cookie_name: "connect.sid".to_owned(),
@@ -511,10 +514,22 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
                 _ => {
                     let value = state.config.codec.sign(&id);
                     if cookie {
-                        append_cookie(&mut response, &state, &state.config.cookie_name, &value, max_age);
+                        append_cookie(
+                            &mut response,
+                            &state,
+                            &state.config.cookie_name,
+                            &value,
+                            max_age,
+                        );
                         // Upgraded (regenerated) from an express session: its cookie goes.
                         if let (Some(upgrade), Some(_)) = (&state.config.upgrade, legacy) {
-                            append_cookie(&mut response, &state, &upgrade.cookie_name, "", Some(Duration::ZERO));
+                            append_cookie(
+                                &mut response,
+                                &state,
+                                &upgrade.cookie_name,
+                                "",
+                                Some(Duration::ZERO),
+                            );
                         }
                     }
                     if answer.header {
@@ -525,9 +540,21 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
         }
         Ok(CookieAction::Clear) => {
             if cookie {
-                append_cookie(&mut response, &state, &state.config.cookie_name, "", Some(Duration::ZERO));
+                append_cookie(
+                    &mut response,
+                    &state,
+                    &state.config.cookie_name,
+                    "",
+                    Some(Duration::ZERO),
+                );
                 if let (Some(upgrade), Some(_)) = (&state.config.upgrade, state.legacy_id()) {
-                    append_cookie(&mut response, &state, &upgrade.cookie_name, "", Some(Duration::ZERO));
+                    append_cookie(
+                        &mut response,
+                        &state,
+                        &upgrade.cookie_name,
+                        "",
+                        Some(Duration::ZERO),
+                    );
                 }
             }
             if answer.header {

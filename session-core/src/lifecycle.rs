@@ -757,7 +757,10 @@ impl RequestState {
                     if let Err(error) = self.call(config.store.delete(&self.store_key(old))).await {
                         // The old id must die with the regeneration; since it cannot, take the
                         // new record back so no second copy of the session is left behind.
-                        if let Err(undo) = self.call(config.store.delete(&config.codec.store_key(&id))).await {
+                        if let Err(undo) = self
+                            .call(config.store.delete(&config.codec.store_key(&id)))
+                            .await
+                        {
                             tracing::warn!(%undo, "could not remove the new record of a failed regeneration; it lapses at its deadline");
                         }
                         return Err(error.into());
@@ -851,7 +854,11 @@ impl RequestState {
                 None => self.config.new_id()?,
             };
             if self
-                .call(self.config.store.create(&self.config.codec.store_key(&id), record))
+                .call(
+                    self.config
+                        .store
+                        .create(&self.config.codec.store_key(&id), record),
+                )
                 .await?
             {
                 return Ok(id);

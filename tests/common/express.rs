@@ -112,7 +112,10 @@ impl NodeApp {
             base: format!("http://127.0.0.1:{port}"),
         };
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return app;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -202,10 +205,8 @@ impl Jar {
     }
 
     pub async fn post(&mut self, url: &str, form: &str) -> Answer {
-        let request = Request::post(url).header(
-            header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        );
+        let request =
+            Request::post(url).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         self.send(request, Body::from(form.to_owned())).await
     }
 

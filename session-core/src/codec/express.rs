@@ -63,7 +63,9 @@ impl ExpressSecrets {
     ///
     /// # Errors
     /// [`KeyError::Empty`] when the list or one of its secrets is empty.
-    pub fn from_list<S: AsRef<str>>(secrets: impl IntoIterator<Item = S>) -> Result<Self, KeyError> {
+    pub fn from_list<S: AsRef<str>>(
+        secrets: impl IntoIterator<Item = S>,
+    ) -> Result<Self, KeyError> {
         let mut macs = Vec::new();
         for secret in secrets {
             let secret = secret.as_ref();
@@ -366,7 +368,10 @@ mod tests {
         let (_, id, cookie) = VECTORS[3];
         let header = format!("connect.sid=s%3Aforged.x; theme=dark; connect.sid=\"{cookie}\"");
         let lookup = secrets.find("connect.sid", [header.as_bytes()]);
-        assert_eq!(lookup.id.map(|id| id.as_str().to_owned()).as_deref(), Some(id));
+        assert_eq!(
+            lookup.id.map(|id| id.as_str().to_owned()).as_deref(),
+            Some(id)
+        );
         assert!(lookup.present);
         let absent = secrets.find("connect.sid", [b"sid=1".as_slice()]);
         assert!(!absent.present);
@@ -375,7 +380,10 @@ mod tests {
     #[test]
     fn uri_component_coding_round_trips() {
         for text in ["s:a+b/c=d", "%", "ünï", "a b;c", "-_.!~*'()"] {
-            assert_eq!(decode_uri_component(&encode_uri_component(text)).unwrap(), text);
+            assert_eq!(
+                decode_uri_component(&encode_uri_component(text)).unwrap(),
+                text
+            );
         }
         assert_eq!(encode_uri_component("s:/+="), "s%3A%2F%2B%3D");
     }

@@ -52,8 +52,11 @@ use crate::store::StoreError;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+// The way out of compat mode is a layer option, so it needs the layer.
+#[cfg(feature = "axum")]
 mod upgrade;
 
+#[cfg(feature = "axum")]
 pub(crate) use upgrade::UpgradeStore;
 
 #[cfg(feature = "postgres")]
@@ -100,7 +103,9 @@ impl ExpressObject {
             .deserialize_map(EntriesVisitor)
             .and_then(|entries| deserializer.end().map(|()| entries))
             .map_err(|error| {
-                StoreError::Corrupt(format!("express session record is not a JSON object: {error}"))
+                StoreError::Corrupt(format!(
+                    "express session record is not a JSON object: {error}"
+                ))
             })?;
         Ok(Self { entries })
     }
@@ -146,9 +151,8 @@ impl ExpressObject {
     /// the record's deadline.
     pub(crate) fn apply(&mut self, write: &Record, mode: SaveMode) -> Result<(), StoreError> {
         if mode == SaveMode::Replace {
-            self.entries.retain(|(key, _)| {
-                key == COOKIE_KEY || write.fields.contains_key(key.as_str())
-            });
+            self.entries
+                .retain(|(key, _)| key == COOKIE_KEY || write.fields.contains_key(key.as_str()));
         }
         for (key, value) in &write.fields {
             if &**key != COOKIE_KEY {
@@ -156,8 +160,13 @@ impl ExpressObject {
             }
         }
         if self.get(COOKIE_KEY).is_none() {
-            self.entries
-                .insert(0, (COOKIE_KEY.to_owned(), raw(&default_cookie(write.expires_at))?));
+            self.entries.insert(
+                0,
+                (
+                    COOKIE_KEY.to_owned(),
+                    raw(&default_cookie(write.expires_at))?,
+                ),
+            );
         }
         self.set_expires(write.expires_at)
     }
@@ -349,7 +358,13 @@ pub(crate) fn parse_iso8601(text: &str) -> Option<Timestamp> {
             .all(u8::is_ascii_digit)
             .then(|| part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
     };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
@@ -359,7 +374,12 @@ pub(crate) fn parse_iso8601(text: &str) -> Option<Timestamp> {
         (Some(b'.'), 24) if b[23] == b'Z' => digits(20..23)?,
         _ => return None,
     };
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
@@ -417,13 +437,25 @@ mod tests {
         let time = Timestamp::from_millis(1_796_194_221_250);
         assert_eq!(iso8601(time), "2026-12-02T06:50:21.250Z");
         assert_eq!(parse_iso8601("2026-12-02T06:50:21.250Z"), Some(time));
-        assert_eq!(iso8601(Timestamp::from_millis(0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601(Timestamp::from_millis(951_782_400_000)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            iso8601(Timestamp::from_millis(0)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            iso8601(Timestamp::from_millis(951_782_400_000)),
+            "2000-02-29T00:00:00.000Z"
+        );
         assert_eq!(
             parse_iso8601("2000-02-29T00:00:00Z"),
             Some(Timestamp::from_millis(951_782_400_000))
         );
-        for bad in ["", "2026-12-02", "2026-13-02T06:50:21.250Z", "2026-12-02T06:50:21.250+01:00", "x026-12-02T06:50:21.250Z"] {
+        for bad in [
+            "",
+            "2026-12-02",
+            "2026-13-02T06:50:21.250Z",
+            "2026-12-02T06:50:21.250+01:00",
+            "x026-12-02T06:50:21.250Z",
+        ] {
             assert_eq!(parse_iso8601(bad), None, "{bad:?}");
         }
         for millis in [1, 86_399_999, 1_000_000_000_123, 4_102_444_800_000] {
@@ -438,7 +470,10 @@ mod tests {
         assert_eq!(object.to_json(), NODE_RECORD);
         let record = object.to_record(Timestamp::from_millis(5));
         assert_eq!(record.fields.get("views").map(|v| &**v), Some("1"));
-        assert_eq!(record.fields.get("user").map(|v| &**v), Some(r#"{"name":"ada"}"#));
+        assert_eq!(
+            record.fields.get("user").map(|v| &**v),
+            Some(r#"{"name":"ada"}"#)
+        );
         assert_eq!(
             object.cookie_expires(),
             Some(Timestamp::from_millis(1_796_194_221_250))
@@ -449,8 +484,15 @@ mod tests {
     fn a_save_sets_changed_keys_in_place_and_keeps_unknown_ones_byte_for_byte() {
         let stored = r#"{"cookie":{"originalMaxAge":900000,"expires":"2026-12-02T06:50:21.250Z","httpOnly":true,"path":"/","sameSite":"lax"},"views":1,"legacy":{ "spaced" : [1, 2.50] },"user":{"name":"ada"}}"#;
         let mut object = ExpressObject::parse(stored).unwrap();
-        let mut write = Record::new(Timestamp::from_millis(1), Timestamp::from_millis(1_796_194_821_250));
-        write.fields = fields(&[("views", "2"), ("cart", r#"["tea"]"#), ("cookie", "\"ours\"")]);
+        let mut write = Record::new(
+            Timestamp::from_millis(1),
+            Timestamp::from_millis(1_796_194_821_250),
+        );
+        write.fields = fields(&[
+            ("views", "2"),
+            ("cart", r#"["tea"]"#),
+            ("cookie", "\"ours\""),
+        ]);
         object.apply(&write, SaveMode::Merge).unwrap();
         assert_eq!(
             object.to_json(),
@@ -461,7 +503,10 @@ mod tests {
     #[test]
     fn a_replace_drops_keys_it_does_not_name_but_keeps_the_cookie() {
         let mut object = ExpressObject::parse(NODE_RECORD).unwrap();
-        let mut write = Record::new(Timestamp::from_millis(1), Timestamp::from_millis(1_796_194_221_250));
+        let mut write = Record::new(
+            Timestamp::from_millis(1),
+            Timestamp::from_millis(1_796_194_221_250),
+        );
         write.fields = fields(&[("flash", r#""Signed out""#)]);
         object.apply(&write, SaveMode::Replace).unwrap();
         assert_eq!(
@@ -477,7 +522,9 @@ mod tests {
         let mut write = Record::new(Timestamp::from_millis(1), Timestamp::from_millis(99));
         write.fields = fields(&[("views", "2")]);
         object.apply(&write, SaveMode::Merge).unwrap();
-        assert!(object.to_json().starts_with(r#"{"cookie":{"originalMaxAge":null,"expires":null,"#));
+        assert!(object
+            .to_json()
+            .starts_with(r#"{"cookie":{"originalMaxAge":null,"expires":null,"#));
         assert_eq!(object.ttl(Timestamp::from_millis(50)), Some(DEFAULT_TTL));
     }
 
@@ -494,7 +541,17 @@ mod tests {
 
     #[test]
     fn garbage_and_non_objects_are_corrupt_not_panics() {
-        for bad in ["", "not json", "[1,2]", "\"s\"", "3", "null", "{\"a\":1", "{\"a\":1} x", "{1:2}"] {
+        for bad in [
+            "",
+            "not json",
+            "[1,2]",
+            "\"s\"",
+            "3",
+            "null",
+            "{\"a\":1",
+            "{\"a\":1} x",
+            "{1:2}",
+        ] {
             assert!(
                 matches!(ExpressObject::parse(bad), Err(StoreError::Corrupt(_))),
                 "{bad:?}"
@@ -504,8 +561,17 @@ mod tests {
 
     #[test]
     fn a_created_record_puts_the_cookie_first() {
-        let mut record = Record::new(Timestamp::from_millis(1), Timestamp::from_millis(1_796_194_221_250));
-        record.fields = fields(&[("views", "1"), ("cookie", r#"{"originalMaxAge":900000,"expires":"x","httpOnly":true,"path":"/"}"#)]);
+        let mut record = Record::new(
+            Timestamp::from_millis(1),
+            Timestamp::from_millis(1_796_194_221_250),
+        );
+        record.fields = fields(&[
+            ("views", "1"),
+            (
+                "cookie",
+                r#"{"originalMaxAge":900000,"expires":"x","httpOnly":true,"path":"/"}"#,
+            ),
+        ]);
         let object = ExpressObject::from_record(&record).unwrap();
         assert_eq!(
             object.to_json(),

@@ -139,7 +139,11 @@ impl ConnectPgStore {
     }
 
     fn sid(key: &StoreKey) -> Result<String, StoreError> {
-        Ok(key.unhashed_id().ok_or_else(not_express)?.as_str().to_owned())
+        Ok(key
+            .unhashed_id()
+            .ok_or_else(not_express)?
+            .as_str()
+            .to_owned())
     }
 }
 

@@ -216,7 +216,9 @@ impl Store for ConnectRedisStore {
                 1 => return Ok(true),
                 0 => return Ok(false),
                 // The other app wrote the record since we read it: apply our change to its.
-                _ => tracing::debug!("express session record changed during a save; reading it again"),
+                _ => tracing::debug!(
+                    "express session record changed during a save; reading it again"
+                ),
             }
         }
         Err(StoreError::Rejected(format!(
