@@ -215,6 +215,7 @@ impl ExpressObject {
     /// The lifetime connect-redis and connect-pg-simple give a record: until its cookie
     /// expires, counted from `now`, or [`DEFAULT_TTL`] when the cookie has no expiry. `None`:
     /// the deadline has passed (the stores then delete the record).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn ttl(&self, now: Timestamp) -> Option<Duration> {
         match self.cookie_expires() {
             Some(expires) if expires > now => Some(expires.saturating_since(now)),
