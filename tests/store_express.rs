@@ -531,3 +531,90 @@ async fn the_counter_opens_a_connect_redis_spec() {
         counter::store_from_spec(&format!("connect-redis://{address}")).await,
     );
 }
+
+/// express-session's decision rules hold in compat mode too (the lifecycle is the same code):
+/// for every combination of `resave`, `save_uninitialized` and `rolling`, with a
+/// browser-session cookie and a touch on every request as express does, whether
+/// `connect.sid` is sent and which store calls happen.
+#[tokio::test]
+async fn express_decision_rules_hold_in_compat_mode() {
+    use axum::routing::get as route_get;
+    use common::RecordingStore;
+
+    for combination in 0..8u8 {
+        let (resave, save_uninit, rolling) = (
+            combination & 4 != 0,
+            combination & 2 != 0,
+            combination & 1 != 0,
+        );
+        let store = RecordingStore::new();
+        let layer = SessionLayer::express(store.clone(), ExpressSecrets::new(SECRET).unwrap())
+            .with_resave(resave)
+            .with_save_uninitialized(save_uninit)
+            .with_rolling(rolling)
+            .with_touch_after(Duration::ZERO)
+            .check()
+            .unwrap();
+        let app = counter::routes()
+            .route("/noop", route_get(|| async { "ok" }))
+            .layer(layer);
+        let cell = |what: &str| {
+            format!("resave={resave} save_uninit={save_uninit} rolling={rolling}: {what}")
+        };
+
+        // New session, unmodified (`/peek` reads only).
+        let reply = send(&app, get("/peek", None)).await;
+        assert_eq!(
+            reply.cookie_pair("connect.sid").is_some(),
+            save_uninit,
+            "{}",
+            cell("new/unmod cookie")
+        );
+        let expected: &[&str] = if save_uninit { &["create"] } else { &[] };
+        assert_eq!(store.ops(), expected, "{}", cell("new/unmod calls"));
+        store.clear();
+
+        // New session, modified.
+        let reply = send(&app, get("/", None)).await;
+        let pair = reply
+            .cookie_pair("connect.sid")
+            .expect("new/mod sends the cookie");
+        assert!(pair.starts_with("connect.sid=s%3A"), "{pair}");
+        assert_eq!(store.ops(), ["create"], "{}", cell("new/mod calls"));
+        store.clear();
+
+        // Existing session, unmodified.
+        let reply = send(&app, get("/peek", Some(&pair))).await;
+        assert_eq!(reply.body, "views: 1");
+        assert_eq!(
+            reply.cookie_pair("connect.sid").is_some(),
+            rolling,
+            "{}",
+            cell("exist/unmod cookie")
+        );
+        let expected = if resave {
+            ["load", "save"]
+        } else {
+            ["load", "touch"]
+        };
+        assert_eq!(store.ops(), expected, "{}", cell("exist/unmod calls"));
+        store.clear();
+
+        // Existing session, modified.
+        let reply = send(&app, get("/", Some(&pair))).await;
+        assert_eq!(reply.body, "You visited 2 times");
+        assert_eq!(
+            reply.cookie_pair("connect.sid").is_some(),
+            rolling,
+            "{}",
+            cell("exist/mod cookie")
+        );
+        assert_eq!(store.ops(), ["load", "save"], "{}", cell("exist/mod calls"));
+        store.clear();
+
+        // A handler that does not take the session costs nothing.
+        let reply = send(&app, get("/noop", Some(&pair))).await;
+        assert_eq!(reply.cookie_pair("connect.sid"), None);
+        assert!(store.ops().is_empty(), "{}", cell("no session taken"));
+    }
+}
