@@ -19,11 +19,20 @@
 //! the store, e.g. `1s`), `SESSION_TRANSPORT` (`cookie`, the default; `header` or `both`
 //! for the `X-Session-Token` header), `SESSION_TRUSTED_PROXIES` (proxy addresses or
 //! networks whose `Forwarded` / `X-Forwarded-Proto` say whether a request is HTTPS, e.g.
-//! `127.0.0.1,10.0.0.0/8`), `RUST_LOG` (default `info`).
+//! `127.0.0.1,10.0.0.0/8`), `SESSION_COMPAT` (`express` to share sessions with an express-session app:
+//! cookie `connect.sid`, `SESSION_SECRET` as express takes it, `SESSION_STORE` as
+//! `connect-redis://HOST:PORT` or `connect-pg://USER@HOST:PORT/DB`), `RUST_LOG` (default
+//! `info`).
 
 use typed_sessions::{counter, serve};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    serve::serve_from_env("counter app", counter::layer, counter::app_with).await
+    serve::serve_with_compat(
+        "counter app",
+        counter::layer,
+        Some(counter::express_layer),
+        counter::app_with,
+    )
+    .await
 }

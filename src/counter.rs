@@ -13,6 +13,9 @@
 //! | `GET /sessions` | the current user's sessions, one per line, oldest login first: `* LAST_USED created CREATED expires EXPIRES session SHORT_ID`, `*` marking this one (others start with a space); `user: none` when not logged in |
 //! | `POST /sessions/revoke-others` | ends every other session of the current user (they are logged out at their next request), `303` to `/sessions` |
 //!
+//! With `SESSION_COMPAT=express` the app shares its sessions with an express-session app:
+//! see [`express_layer`] and README's "Migrating from express-session".
+//!
 //! The session token travels in the `sid` cookie, or, with `SESSION_TRANSPORT=header` (or
 //! `both`), in the `X-Session-Token` header: the first response carries it, and a client
 //! sends it back as it came.
@@ -25,10 +28,12 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Deserialize;
-use session_core::index::SessionIndex;
+use serde::{Deserialize, Serialize};
+use session_core::index::{IndexValue, SessionIndex};
 use session_core::store::{CachingStore, MemoryStore, Store};
-use session_core::{Key, Session, SessionLayer, Transport};
+use session_core::{
+    ExpressSecrets, Key, Session, SessionError, SessionLayer, StoreError, Transport,
+};
 use tower_http::timeout::TimeoutLayer;
 
 /// The cookie lifetime from the seed: 15 minutes.
@@ -44,12 +49,40 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Visit {
     /// Indexed: `GET /sessions` lists a user's sessions, and they can be revoked together.
     #[session(index)]
-    pub user: Option<String>,
+    pub user: Option<User>,
     views: u32,
     cart: Vec<String>,
     /// A message for the next request: `Welcome, NAME` after login, `Signed out` after logout.
     #[session(flash)]
     flash: Option<String>,
+}
+
+/// The signed-in user, stored as express-session apps usually keep it: `{"name": "ada"}`.
+/// A bare name (`"ada"`, as sessions stored before kept it) reads too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredUser")]
+pub struct User {
+    /// What the user signed in as.
+    pub name: String,
+}
+
+/// The forms a stored user comes in.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredUser {
+    Object { name: String },
+    Name(String),
+}
+
+/// A user keys the session index by its stored form, `{"name": "..."}`.
+impl IndexValue for User {}
+
+impl From<StoredUser> for User {
+    fn from(stored: StoredUser) -> Self {
+        match stored {
+            StoredUser::Object { name } | StoredUser::Name(name) => Self { name },
+        }
+    }
 }
 
 /// The app's routes, without the session layer.
@@ -91,6 +124,43 @@ pub fn layer(store: Arc<dyn Store>, key: Key) -> SessionLayer {
     SessionLayer::from_arc(store, key).with_max_age(MAX_AGE)
 }
 
+/// The app's session layer in express-session compatibility mode (`SESSION_COMPAT=express`):
+/// the `connect.sid` cookie signed as express signs it, 15-minute sessions, records in the
+/// format of the store (`connect-redis://` or `connect-pg://` to share them with a Node app).
+pub fn express_layer(store: Arc<dyn Store>, secrets: ExpressSecrets) -> SessionLayer {
+    // express-session's stores keep no index of this library's: `GET /sessions` says so.
+    SessionLayer::express_from_arc(store, secrets)
+        .with_max_age(MAX_AGE)
+        .without_indexes()
+}
+
+/// The compatibility mode named by `SESSION_COMPAT`: `None` (empty or `none`) or `express`.
+///
+/// # Errors
+/// A message naming the accepted values.
+pub fn compat_from_spec(spec: &str) -> Result<Option<Compat>, String> {
+    match spec.trim().to_ascii_lowercase().as_str() {
+        "" | "none" => Ok(None),
+        "express" => Ok(Some(Compat::Express)),
+        other => Err(format!(
+            "unknown SESSION_COMPAT {other:?}; expected express (or nothing)"
+        )),
+    }
+}
+
+/// A compatibility mode of the session layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compat {
+    /// Share sessions with an express-session app.
+    Express,
+}
+
+/// Whether `spec` names a store that keeps express-session's records.
+pub fn is_express_store(spec: &str) -> bool {
+    let spec = spec.trim();
+    spec.starts_with("connect-redis://") || spec.starts_with("connect-pg://")
+}
+
 /// The transport named by `SESSION_TRANSPORT`: `cookie` (or empty), `header` or `both`.
 ///
 /// # Errors
@@ -128,6 +198,8 @@ pub fn trusted_proxies_from_spec(spec: &str) -> Vec<String> {
 /// | `redis://...`, `redis+cluster://...` | Redis, Redis Cluster |
 /// | `memcache://...` | Memcached |
 /// | `mongodb://...` | MongoDB (the database named in the URL) |
+/// | `connect-redis://HOST:PORT` | Redis as connect-redis keeps it (`sess:` + id), for `SESSION_COMPAT=express` |
+/// | `connect-pg://USER@HOST:PORT/DB` | PostgreSQL as connect-pg-simple keeps it (table `session`), for `SESSION_COMPAT=express` |
 ///
 /// # Errors
 /// A message naming the accepted forms when `spec` names no known store, or the store's
@@ -176,6 +248,22 @@ async fn open_store(spec: &str) -> Result<Arc<dyn Store>, String> {
         #[cfg(feature = "mongodb")]
         _ if spec.starts_with("mongodb://") => {
             opened(spec, session_core::store::MongoStore::connect(spec).await)
+        }
+        #[cfg(feature = "redis")]
+        _ if spec.starts_with("connect-redis://") => {
+            let url = format!("redis://{}", &spec["connect-redis://".len()..]);
+            opened(
+                spec,
+                session_core::store::ConnectRedisStore::connect(&url).await,
+            )
+        }
+        #[cfg(feature = "postgres")]
+        _ if spec.starts_with("connect-pg://") => {
+            let url = format!("postgres://{}", &spec["connect-pg://".len()..]);
+            opened(
+                spec,
+                session_core::store::ConnectPgStore::connect(&url).await,
+            )
         }
         other => Err(format!(
             "unknown SESSION_STORE {other:?}; this build knows: {}",
@@ -253,6 +341,10 @@ pub const KNOWN_STORES: &[&str] = &[
     "memcache://HOST:PORT",
     #[cfg(feature = "mongodb")]
     "mongodb://HOST:PORT/DB",
+    #[cfg(feature = "redis")]
+    "connect-redis://HOST:PORT",
+    #[cfg(feature = "postgres")]
+    "connect-pg://USER@HOST:PORT/DB",
 ];
 
 /// Puts an in-process cache in front of `store` when `SESSION_CACHE` asks for one.
@@ -323,7 +415,9 @@ async fn login(mut visit: Session<Visit>, Form(form): Form<LoginForm>) -> Respon
     }
     // A new id at login defeats session fixation; the visit count and cart stay.
     visit.regenerate();
-    visit.set_user(Some(name.to_owned()));
+    visit.set_user(Some(User {
+        name: name.to_owned(),
+    }));
     visit.set_flash(Some(format!("Welcome, {name}")));
     if form.remember.as_deref() == Some("1") {
         visit.set_cookie_max_age(Some(REMEMBER_ME));
@@ -333,7 +427,7 @@ async fn login(mut visit: Session<Visit>, Form(form): Form<LoginForm>) -> Respon
 
 async fn me(visit: Session<Visit>) -> String {
     match visit.user() {
-        Some(name) => format!("user: {name}"),
+        Some(user) => format!("user: {}", user.name),
         None => "user: none".to_owned(),
     }
 }
@@ -399,10 +493,7 @@ async fn sessions(visit: Session<Visit>, index: SessionIndex) -> Response {
             }
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
         }
-        Err(error) => {
-            tracing::error!(%error, "could not list the user's sessions");
-            (StatusCode::SERVICE_UNAVAILABLE, "sessions unavailable").into_response()
-        }
+        Err(error) => index_failure(&error, "could not list the user's sessions"),
     }
 }
 
@@ -416,11 +507,22 @@ async fn revoke_others(visit: Session<Visit>, index: SessionIndex) -> Response {
             tracing::info!(ended, "revoked the user's other sessions");
             Redirect::to("/sessions").into_response()
         }
-        Err(error) => {
-            tracing::error!(%error, "could not revoke the user's other sessions");
-            (StatusCode::SERVICE_UNAVAILABLE, "sessions unavailable").into_response()
-        }
+        Err(error) => index_failure(&error, "could not revoke the user's other sessions"),
     }
+}
+
+/// `501` where the layer keeps no index (express compatibility mode), `503` when the store
+/// fails.
+fn index_failure(error: &SessionError, what: &str) -> Response {
+    if let SessionError::Store(StoreError::Unsupported(_)) = error {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            "sessions are not listed in this mode",
+        )
+            .into_response();
+    }
+    tracing::error!(%error, "{what}");
+    (StatusCode::SERVICE_UNAVAILABLE, "sessions unavailable").into_response()
 }
 
 /// `2026-12-02T10:00:00Z`, to the second.

@@ -19,12 +19,19 @@ use std::time::{Duration, Instant};
 
 use common::{stores, Client};
 use session_core::{SessionLayer, Store};
-use typed_sessions::counter::{self, Visit};
+use typed_sessions::counter::{self, User, Visit};
 
 /// A user name no other test (or earlier run on the same server) uses.
 fn user() -> String {
     let id = session_core::SessionId::generate().unwrap().store_key();
     format!("user-{}", &id.as_str()[..16])
+}
+
+/// The counter's user of that name, as the index is keyed.
+fn as_user(name: &str) -> User {
+    User {
+        name: name.to_owned(),
+    }
 }
 
 fn layer(store: Arc<dyn Store>) -> SessionLayer {
@@ -123,12 +130,18 @@ async fn logout_and_expiry_leave_no_live_entry(store: Arc<dyn Store>) {
     logged_in(&short, &expiring).await;
     let index = short.sessions();
     assert_eq!(
-        index.count(Visit::user_index(), &expiring).await.unwrap(),
+        index
+            .count(Visit::user_index(), &as_user(&expiring))
+            .await
+            .unwrap(),
         2
     );
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
-        index.count(Visit::user_index(), &expiring).await.unwrap(),
+        index
+            .count(Visit::user_index(), &as_user(&expiring))
+            .await
+            .unwrap(),
         0,
         "expired sessions are not listed"
     );
@@ -160,12 +173,15 @@ async fn a_thousand_sessions_list_in_one_call(store: Arc<dyn Store>, label: &str
 
     let index = layer.sessions();
     let started = Instant::now();
-    let listed = index.list(Visit::user_index(), &name).await.unwrap();
+    let listed = index
+        .list(Visit::user_index(), &as_user(&name))
+        .await
+        .unwrap();
     let took = started.elapsed();
     assert_eq!(listed.len(), 1000);
     assert!(listed
         .iter()
-        .all(|s| s.data.user.as_deref() == Some(&*name)));
+        .all(|s| s.data.user.as_ref().map(|u| &*u.name) == Some(&*name)));
     assert!(
         listed.iter().all(|s| !s.current),
         "no request, no current session"
@@ -176,10 +192,19 @@ async fn a_thousand_sessions_list_in_one_call(store: Arc<dyn Store>, label: &str
         took.as_secs_f64() * 1e3
     );
     assert_eq!(
-        index.revoke_all(Visit::user_index(), &name).await.unwrap(),
+        index
+            .revoke_all(Visit::user_index(), &as_user(&name))
+            .await
+            .unwrap(),
         1000
     );
-    assert_eq!(index.count(Visit::user_index(), &name).await.unwrap(), 0);
+    assert_eq!(
+        index
+            .count(Visit::user_index(), &as_user(&name))
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 async fn a_login_racing_revoke_all_never_revives_a_revoked_session(store: Arc<dyn Store>) {
@@ -200,7 +225,10 @@ async fn a_login_racing_revoke_all_never_revives_a_revoked_session(store: Arc<dy
             client
         });
     }
-    let revoked = index.revoke_all(Visit::user_index(), &name).await.unwrap();
+    let revoked = index
+        .revoke_all(Visit::user_index(), &as_user(&name))
+        .await
+        .unwrap();
     let mut after = Vec::new();
     while let Some(client) = racing.join_next().await {
         after.push(client.unwrap());
@@ -225,10 +253,16 @@ async fn a_login_racing_revoke_all_never_revives_a_revoked_session(store: Arc<dy
         }
     }
     assert_eq!(
-        index.count(Visit::user_index(), &name).await.unwrap(),
+        index
+            .count(Visit::user_index(), &as_user(&name))
+            .await
+            .unwrap(),
         alive
     );
-    index.revoke_all(Visit::user_index(), &name).await.unwrap();
+    index
+        .revoke_all(Visit::user_index(), &as_user(&name))
+        .await
+        .unwrap();
     for client in &mut after {
         assert_eq!(client.get("/me").await.body, "user: none");
     }

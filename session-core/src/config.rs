@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cookie::KeyRing;
+use crate::codec::{ExpressUpgrade, TokenCodec};
 use crate::error::SessionError;
 use crate::events::{SessionEvents, SessionMetrics};
 use crate::id::SessionId;
@@ -86,7 +86,10 @@ pub enum SaveErrors {
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) keys: KeyRing,
+    /// How the id is written into the token and which store key it names.
+    pub(crate) codec: TokenCodec,
+    /// Express sessions still accepted until regenerated (a native layer only).
+    pub(crate) upgrade: Option<ExpressUpgrade>,
     pub(crate) cookie_name: String,
     pub(crate) path: String,
     pub(crate) domain: Option<String>,
@@ -130,10 +133,11 @@ pub(crate) struct LockConfig {
 }
 
 impl Config {
-    pub(crate) fn new(store: Arc<dyn Store>, keys: KeyRing) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, codec: TokenCodec) -> Self {
         Self {
             store,
-            keys,
+            codec,
+            upgrade: None,
             cookie_name: "sid".to_owned(),
             path: "/".to_owned(),
             domain: None,
@@ -237,6 +241,46 @@ impl Config {
         }
         if let Some(generate) = &self.id_generator {
             check_id_generator(&**generate)?;
+        }
+        self.check_express()
+    }
+
+    /// What express-session compatibility mode cannot do.
+    fn check_express(&self) -> Result<(), ConfigError> {
+        let TokenCodec::Express { misplaced_key, .. } = &self.codec else {
+            #[cfg(feature = "axum")]
+            if self.upgrade.is_some() && self.transport.uses_header() {
+                return Err(ConfigError::ExpressCompat(
+                    "express sessions are upgraded from their cookie only: use `Transport::Cookie`",
+                ));
+            }
+            return Ok(());
+        };
+        if self.upgrade.is_some() {
+            return Err(ConfigError::ExpressCompat(
+                "`with_express_upgrade` moves a native layer off express sessions; an express layer has them already",
+            ));
+        }
+        if *misplaced_key {
+            return Err(ConfigError::ExpressCompat(
+                "`with_old_key` takes native keys; give older express secrets with `ExpressSecrets::with_old_secret` or `ExpressSecrets::from_list`",
+            ));
+        }
+        if self.absolute_timeout.is_some() {
+            return Err(ConfigError::ExpressCompat(
+                "express-session records carry no creation time, so an absolute timeout cannot be enforced: remove `with_absolute_timeout`",
+            ));
+        }
+        if self.lock.is_some() {
+            return Err(ConfigError::ExpressCompat(
+                "per-session locks are not shared with the express app, so they cannot serialise its requests: remove `with_session_lock`",
+            ));
+        }
+        #[cfg(feature = "axum")]
+        if self.transport.uses_header() {
+            return Err(ConfigError::ExpressCompat(
+                "express-session reads the session id from its cookie only: use `Transport::Cookie`",
+            ));
         }
         Ok(())
     }
@@ -395,4 +439,8 @@ pub enum ConfigError {
     /// A timeout is zero.
     #[error("`{0}` must be longer than zero")]
     Timeout(&'static str),
+    /// An option that express-session compatibility mode cannot honour (see
+    /// [`SessionLayer::express`](crate::SessionLayer::express)).
+    #[error("express-session compatibility mode: {0}")]
+    ExpressCompat(&'static str),
 }

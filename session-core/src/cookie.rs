@@ -100,6 +100,9 @@ pub enum KeyError {
     /// The operating system could not provide random bytes.
     #[error("could not generate a random session key: {0}")]
     Random(String),
+    /// An express-session secret (or the list of them) is empty.
+    #[error("express session secret is empty")]
+    Empty,
 }
 
 /// Signing keys: the first signs, all verify.
@@ -117,6 +120,9 @@ pub(crate) struct CookieLookup {
     pub(crate) old_key: bool,
     /// Some cookie with the session cookie's name was sent, valid or not.
     pub(crate) present: bool,
+    /// The id came from an express-session cookie, on a native layer upgrading express
+    /// sessions: its record is in the express store, under the id itself.
+    pub(crate) legacy: bool,
 }
 
 impl KeyRing {

@@ -115,6 +115,20 @@ impl StoreKey {
         Self(key)
     }
 
+    /// The key of an express-compatible session: the id itself, hex-encoded (its 32 ASCII
+    /// bytes fill the 64 characters a key has), so the stores that keep express-session's
+    /// records can name it as express does. See [`ExpressSecrets`](crate::ExpressSecrets).
+    pub fn unhashed(id: &SessionId) -> Self {
+        Self::from_digest(&id.0)
+    }
+
+    /// The session id of a key made by [`StoreKey::unhashed`]; `None` for a hashed key (whose
+    /// bytes are, but for a chance of 2^-64, not all base64url characters).
+    pub fn unhashed_id(&self) -> Option<SessionId> {
+        let digest = self.digest();
+        SessionId::parse(std::str::from_utf8(&digest).ok()?)
+    }
+
     /// Parses a key previously produced by [`StoreKey::as_str`].
     pub fn parse(text: &str) -> Option<Self> {
         let bytes = text.as_bytes();
@@ -180,5 +194,15 @@ mod tests {
         assert_eq!(key, id.store_key());
         assert_eq!(StoreKey::parse(key.as_str()), Some(key));
         assert_eq!(StoreKey::from_digest(&key.digest()), key);
+        assert_eq!(key.unhashed_id(), None);
+    }
+
+    #[test]
+    fn unhashed_keys_give_their_id_back() {
+        let id = SessionId::generate().unwrap();
+        let key = StoreKey::unhashed(&id);
+        assert_eq!(key.unhashed_id(), Some(id));
+        assert_ne!(key, id.store_key());
+        assert_eq!(StoreKey::parse(key.as_str()), Some(key));
     }
 }

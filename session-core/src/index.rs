@@ -323,7 +323,7 @@ impl SessionIndex {
         value: &V,
     ) -> Result<Vec<IndexedSession<U>>, SessionError> {
         let current = self.current_key();
-        let live = self.live(&entry(index, value)?).await?;
+        let live = self.live(&kept_entry(&self.config, index, value)?).await?;
         let sessions = live
             .into_iter()
             .map(|(key, record)| IndexedSession {
@@ -347,7 +347,10 @@ impl SessionIndex {
         index: Index<T, V>,
         value: &V,
     ) -> Result<usize, SessionError> {
-        Ok(self.live(&entry(index, value)?).await?.len())
+        Ok(self
+            .live(&kept_entry(&self.config, index, value)?)
+            .await?
+            .len())
     }
 
     /// Ends one session: its record is deleted, so its next request (on any instance) finds
@@ -400,7 +403,7 @@ impl SessionIndex {
         value: &V,
         except: Option<StoreKey>,
     ) -> Result<usize, SessionError> {
-        let live = self.live(&entry(index, value)?).await?;
+        let live = self.live(&kept_entry(&self.config, index, value)?).await?;
         let mut ended = 0;
         // Only sessions that hold the value now: a session that changed hands since it was
         // indexed is not this value's to end.
@@ -485,8 +488,17 @@ impl SessionIndex {
     }
 }
 
-/// The entry of `value` in `index`.
-fn entry<T, V: IndexValue>(index: Index<T, V>, value: &V) -> Result<IndexEntry, SessionError> {
+/// The entry of `value` in `index`, on a layer that keeps that index.
+fn kept_entry<T, V: IndexValue>(
+    config: &Config,
+    index: Index<T, V>,
+    value: &V,
+) -> Result<IndexEntry, SessionError> {
+    if !config.indexed.contains(&index.key) {
+        return Err(SessionError::Store(StoreError::Unsupported(
+            "session indexes on this layer (it was built `without_indexes`)",
+        )));
+    }
     let encoded = serde_json::to_string(value).map_err(SessionError::Encode)?;
     Ok(IndexEntry::new(index.key, &encoded))
 }

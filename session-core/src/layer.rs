@@ -14,6 +14,7 @@ use http::{HeaderValue, Request, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::codec::{ExpressSecrets, ExpressUpgrade, TokenCodec};
 use crate::config::{
     Config, ConfigError, IdGenerator, LockConfig, Priority, SameSite, SaveErrors, Secure,
     DEFAULT_LOCK_LEASE,
@@ -45,8 +46,98 @@ impl SessionLayer {
     /// Like [`new`](Self::new), for a store chosen at run time.
     pub fn from_arc(store: Arc<dyn Store>, key: Key) -> Self {
         Self {
-            config: Arc::new(Config::new(store, KeyRing::new(key))),
+            config: Arc::new(Config::new(store, TokenCodec::Native(KeyRing::new(key)))),
         }
+    }
+
+    /// A layer that shares sessions with a running express-session app: its cookie
+    /// (`connect.sid`, `s:ID.SIG` signed with the express secret string), its ids (the store
+    /// key is the id itself) and, with [`ConnectRedisStore`](crate::store::ConnectRedisStore)
+    /// or [`ConnectPgStore`](crate::store::ConnectPgStore), its records (one JSON object with
+    /// a `cookie` key). Typed fields are the object's top-level keys; keys the struct does not
+    /// know are kept as they are. See the [`store::express`](crate::store::express) module
+    /// for the record format and README's "Migrating from express-session" for the set-up.
+    ///
+    /// Options keep their meaning. What this mode changes: the cookie name defaults to
+    /// `connect.sid`; there is no absolute timeout (express records carry no creation time,
+    /// and [`check`](Self::check) refuses one); store keys are not hashed; per-session locks
+    /// and the token header are refused by `check`.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use session_core::store::MemoryStore;
+    /// use session_core::{ExpressSecrets, Session, SessionLayer};
+    ///
+    /// #[derive(Session)]
+    /// struct Visit {
+    ///     views: u32,
+    /// }
+    ///
+    /// async fn home(mut visit: Session<Visit>) -> String {
+    ///     *visit.views_mut() += 1;
+    ///     format!("You visited {} times", visit.views())
+    /// }
+    ///
+    /// // The same secret the express app passes to `session({ secret })`.
+    /// let secrets = ExpressSecrets::new("keyboard cat")?;
+    /// let layer = SessionLayer::express(MemoryStore::new(), secrets)
+    ///     .with_max_age(std::time::Duration::from_secs(15 * 60))
+    ///     .check()?;
+    /// let app: Router = Router::new().route("/", get(home)).layer(layer);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn express(store: impl Store, secrets: ExpressSecrets) -> Self {
+        Self::express_from_arc(Arc::new(store), secrets)
+    }
+
+    /// Like [`express`](Self::express), for a store chosen at run time.
+    pub fn express_from_arc(store: Arc<dyn Store>, secrets: ExpressSecrets) -> Self {
+        let codec = TokenCodec::Express {
+            secrets,
+            misplaced_key: false,
+        };
+        let mut config = Config::new(store, codec);
+        config.cookie_name = "connect.sid".to_owned();
+        config.absolute_timeout = None;
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// The way out of express compatibility mode: this (native) layer also accepts the
+    /// express-session cookie `connect.sid` signed with `secrets`, and serves its session
+    /// from `express_store` (the store the express layer used) in express's formats, until
+    /// the session is regenerated (at the next login): then it is re-issued natively, in
+    /// this layer's store under a hashed key with this layer's cookie, and the express record
+    /// and cookie are deleted. New sessions are native from the start.
+    ///
+    /// Per-session locks and the token header are refused by [`check`](Self::check) in this
+    /// mode.
+    ///
+    /// ```
+    /// use session_core::store::MemoryStore;
+    /// use session_core::{ExpressSecrets, Key, SessionLayer};
+    ///
+    /// # let express_store = MemoryStore::new();
+    /// let layer = SessionLayer::new(MemoryStore::new(), Key::generate()?)
+    ///     // In production, the `ConnectRedisStore` or `ConnectPgStore` of the express layer.
+    ///     .with_express_upgrade(express_store, ExpressSecrets::new("keyboard cat")?)
+    ///     .check()?;
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_express_upgrade(self, express_store: impl Store, secrets: ExpressSecrets) -> Self {
+        let express: Arc<dyn Store> = Arc::new(express_store);
+        self.edit(|c| {
+            c.store = Arc::new(crate::store::express::UpgradeStore::new(
+                c.store.clone(),
+                express,
+            ));
+            c.upgrade = Some(ExpressUpgrade {
+                secrets,
+                cookie_name: "connect.sid".to_owned(),
+            });
+        })
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
@@ -64,7 +155,7 @@ impl SessionLayer {
     /// Adds an older key that still verifies cookies. Cookies it verifies are re-signed with
     /// the first key on their next response. Add as many as needed, newest first.
     pub fn with_old_key(self, key: Key) -> Self {
-        self.edit(|c| c.keys.push(key))
+        self.edit(|c| c.codec.push_key(key))
     }
 
     /// The cookie's name. Default: `sid`.
@@ -434,17 +525,60 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
     match action {
         Ok(CookieAction::Keep) => {}
         Ok(CookieAction::Set(id, max_age)) => {
-            let value = state.config.keys.sign(&id);
-            if cookie {
-                append_cookie(&mut response, &state, &value, max_age);
-            }
-            if answer.header {
-                transport::append_token_header(&mut response, &state.config, &value);
+            let legacy = state.legacy_id();
+            match (&state.config.upgrade, legacy) {
+                // An express session not yet upgraded: its cookie stays express's.
+                (Some(upgrade), Some(legacy)) if legacy == id => {
+                    if cookie {
+                        let value = upgrade.secrets.sign(&id);
+                        append_cookie(&mut response, &state, &upgrade.cookie_name, &value, max_age);
+                    }
+                }
+                _ => {
+                    let value = state.config.codec.sign(&id);
+                    if cookie {
+                        append_cookie(
+                            &mut response,
+                            &state,
+                            &state.config.cookie_name,
+                            &value,
+                            max_age,
+                        );
+                        // Upgraded (regenerated) from an express session: its cookie goes.
+                        if let (Some(upgrade), Some(_)) = (&state.config.upgrade, legacy) {
+                            append_cookie(
+                                &mut response,
+                                &state,
+                                &upgrade.cookie_name,
+                                "",
+                                Some(Duration::ZERO),
+                            );
+                        }
+                    }
+                    if answer.header {
+                        transport::append_token_header(&mut response, &state.config, &value);
+                    }
+                }
             }
         }
         Ok(CookieAction::Clear) => {
             if cookie {
-                append_cookie(&mut response, &state, "", Some(Duration::ZERO));
+                append_cookie(
+                    &mut response,
+                    &state,
+                    &state.config.cookie_name,
+                    "",
+                    Some(Duration::ZERO),
+                );
+                if let (Some(upgrade), Some(_)) = (&state.config.upgrade, state.legacy_id()) {
+                    append_cookie(
+                        &mut response,
+                        &state,
+                        &upgrade.cookie_name,
+                        "",
+                        Some(Duration::ZERO),
+                    );
+                }
             }
             if answer.header {
                 transport::append_token_header(&mut response, &state.config, "");
@@ -525,11 +659,12 @@ fn path_matches(request: &str, cookie: &str) -> bool {
 fn append_cookie(
     response: &mut Response,
     state: &RequestState,
+    name: &str,
     value: &str,
     max_age: Option<Duration>,
 ) {
     let config = &state.config;
-    let mut cookie = cookie::Cookie::build((config.cookie_name.as_str(), value))
+    let mut cookie = cookie::Cookie::build((name, value))
         .path(config.path.as_str())
         .http_only(config.http_only)
         .secure(state.cookie_secure())

@@ -72,6 +72,7 @@
 #![deny(unreachable_pub)]
 #![cfg_attr(not(feature = "axum"), allow(dead_code))]
 
+mod codec;
 mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -102,6 +103,7 @@ mod layer;
 #[cfg(feature = "axum")]
 pub mod transport;
 
+pub use crate::codec::ExpressSecrets;
 pub use crate::config::{ConfigError, Priority, SameSite, SaveErrors, Secure};
 pub use crate::cookie::{Key, KeyError};
 pub use crate::data::SessionData;

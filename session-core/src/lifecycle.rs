@@ -196,7 +196,12 @@ impl RequestState {
         match inner.key_memo {
             Some((memo_id, key)) if memo_id == id => key,
             _ => {
-                let key = id.store_key();
+                let key = if inner.lookup.legacy && inner.lookup.id == Some(id) {
+                    // An express session being upgraded: kept under its id until regenerated.
+                    StoreKey::unhashed(&id)
+                } else {
+                    self.config.codec.store_key(&id)
+                };
                 inner.key_memo = Some((id, key));
                 key
             }
@@ -382,6 +387,13 @@ impl RequestState {
     pub(crate) fn has_stored_session(&self) -> bool {
         let inner = self.lock();
         inner.record.is_some() && !inner.destroy
+    }
+
+    /// The id of the express cookie the request's session came from, on a native layer
+    /// upgrading express sessions (until it is regenerated).
+    pub(crate) fn legacy_id(&self) -> Option<SessionId> {
+        let inner = self.lock();
+        inner.lookup.id.filter(|_| inner.lookup.legacy)
     }
 
     /// Whether the request carried a session token, valid or not.
@@ -732,7 +744,7 @@ impl RequestState {
                     let size = whole.encoded_len();
                     let write = match stored_id {
                         Some(id) if !inner.regenerate => Write::Replace(id, whole),
-                        _ => Write::Create(whole),
+                        _ => Write::Create(self.new_record(&inner, whole)),
                     };
                     (write, size)
                 }
@@ -765,7 +777,7 @@ impl RequestState {
                     if let Err(error) = self.call(config.store.delete(&old_key)).await {
                         // The old id must die with the regeneration; since it cannot, take the
                         // new record back so no second copy of the session is left behind.
-                        let new_key = id.store_key();
+                        let new_key = config.codec.store_key(&id);
                         if let Err(undo) = self.call(config.store.delete(&new_key)).await {
                             tracing::warn!(%undo, "could not remove the new record of a failed regeneration; it lapses at its deadline");
                         }
@@ -838,6 +850,26 @@ impl RequestState {
         Ok(())
     }
 
+    /// A record about to be created, as the layer's record format wants it: express-session's
+    /// records carry the cookie's settings under the reserved `cookie` key.
+    fn new_record(&self, inner: &Inner, mut record: Record) -> Record {
+        if self.config.codec.is_express() {
+            let cookie = crate::store::express::cookie_object(
+                &self.config,
+                self.cookie_secure(),
+                self.max_age(inner),
+                record.expires_at,
+            );
+            record
+                .fields
+                .insert(Arc::from(crate::store::express::COOKIE_KEY), cookie);
+        } else if self.config.upgrade.is_some() && inner.lookup.legacy {
+            // An express session re-issued natively: express's cookie settings stay behind.
+            record.fields.remove(crate::store::express::COOKIE_KEY);
+        }
+        record
+    }
+
     /// Stores `record` under a fresh id (`first`, if one was drawn already), trying again on
     /// the (astronomically unlikely) collision.
     async fn create(
@@ -852,7 +884,7 @@ impl RequestState {
                 Some(id) => id,
                 None => self.config.new_id()?,
             };
-            let key = id.store_key();
+            let key = self.config.codec.store_key(&id);
             self.index_add(entries, &key, until).await?;
             let created = self.call(self.config.store.create(&key, record)).await;
             if let Ok(true) = created {

@@ -371,13 +371,17 @@ impl Delivery {
 /// Finds and verifies the request's token on the transport it uses.
 pub(crate) fn lookup(config: &Config, delivery: Delivery, headers: &HeaderMap) -> CookieLookup {
     if !delivery.read_header {
-        let cookies = headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes);
-        return config.keys.find(&config.cookie_name, cookies);
+        let cookies = || headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes);
+        let lookup = config.codec.find(&config.cookie_name, cookies());
+        return match &config.upgrade {
+            Some(upgrade) => upgrade.find(lookup, cookies()),
+            None => lookup,
+        };
     }
     let mut lookup = CookieLookup::default();
     if let Some(token) = config.transport.token(headers) {
         lookup.present = true;
-        if let Some((id, index)) = config.keys.verify(token) {
+        if let Some((id, index)) = config.codec.verify(token) {
             lookup.id = Some(id);
             lookup.old_key = index > 0;
         }

@@ -302,6 +302,7 @@ pub fn server_or_skip<T, E: std::fmt::Display>(what: &str, connected: Result<T, 
 }
 
 pub mod cart;
+pub mod express;
 pub mod restart;
 pub mod sql;
 #[cfg(all(

@@ -48,6 +48,7 @@ pub use crate::index::{IndexEntry, IndexMember};
 use crate::record::{Record, SaveMode, Timestamp};
 
 mod cache;
+pub mod express;
 #[cfg(feature = "file")]
 mod file;
 mod lock;
@@ -68,6 +69,10 @@ pub(crate) mod sql;
 mod sqlite;
 
 pub use cache::CachingStore;
+#[cfg(feature = "postgres")]
+pub use express::ConnectPgStore;
+#[cfg(feature = "redis")]
+pub use express::ConnectRedisStore;
 #[cfg(feature = "file")]
 pub use file::FileStore;
 pub use lock::{LocalLocks, Release, SessionLock};

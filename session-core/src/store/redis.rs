@@ -178,7 +178,7 @@ pub struct RedisStore {
 
 /// A connection to one server or to a cluster; both reconnect by themselves.
 #[derive(Clone)]
-enum Connection {
+pub(crate) enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -315,7 +315,11 @@ impl RedisStore {
     /// because the connection is broken is made once more: the connection has started to
     /// reconnect by then, and the first call after a server restart should not be the one
     /// that fails.
-    async fn call<T, F, Fut>(&self, operation: &'static str, attempt: F) -> Result<T, StoreError>
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        attempt: F,
+    ) -> Result<T, StoreError>
     where
         F: Fn(Connection) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
