@@ -117,6 +117,10 @@ pub(crate) struct CookieLookup {
     pub(crate) old_key: bool,
     /// Some cookie with the session cookie's name was sent, valid or not.
     pub(crate) present: bool,
+    /// The signature of `id` as sent, when the first key verified it: signing `id` again
+    /// would give these very bytes (HMAC is deterministic, the base64 canonical), so a
+    /// response that sends the same id back reuses them instead.
+    pub(crate) signature: Option<[u8; SIG_LEN]>,
 }
 
 impl KeyRing {
@@ -136,6 +140,21 @@ impl KeyRing {
         let sig = self.keys[0].sign(id);
         value.push_str(std::str::from_utf8(&sig).unwrap_or_default());
         value
+    }
+
+    /// The signed cookie value for `id`, reusing the signature the request sent for it if
+    /// the first key verified that one.
+    pub(crate) fn sign_for(&self, id: &SessionId, lookup: &CookieLookup) -> String {
+        match lookup.signature {
+            Some(signature) if lookup.id.as_ref() == Some(id) && !lookup.old_key => {
+                let mut value = String::with_capacity(SIGNED_LEN);
+                value.push_str(id.as_str());
+                value.push('.');
+                value.push_str(std::str::from_utf8(&signature).unwrap_or_default());
+                value
+            }
+            _ => self.sign(id),
+        }
     }
 
     /// The id in a signed cookie value and the index of the key that verified it.
@@ -200,6 +219,12 @@ impl KeyRing {
                 if let Some((id, index)) = self.verify(value) {
                     lookup.id = Some(id);
                     lookup.old_key = index > 0;
+                    if index == 0 {
+                        let signature = Self::shaped(value)
+                            .and_then(|v| v.get(ID_LEN + 1..))
+                            .and_then(|sig| <[u8; SIG_LEN]>::try_from(sig.as_bytes()).ok());
+                        lookup.signature = signature;
+                    }
                     return lookup;
                 }
             }

@@ -168,8 +168,10 @@ pub use session_derive::Session;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::data::{
-        assert_field, collect_field, decode_field, FieldState, SessionData, SessionView,
+        assert_field, collect_field, decode_field, FieldState, LazyField, SessionData,
+        SessionView,
     };
     pub use crate::record::Fields;
+    pub use std::sync::OnceLock;
     pub use serde_json::Error as EncodeError;
 }
