@@ -162,110 +162,113 @@ impl<F> Default for LazyField<F> {
     }
 }
 
-impl<F: DeserializeOwned> LazyField<F> {
-    /// Starts tracking the field stored under `key` (a pending value wins over the stored
-    /// one); nothing is decoded yet.
-    #[inline]
-    pub fn load(stored: &Fields, pending: &Fields, key: &'static str) -> FieldState {
-        FieldState {
-            touched: false,
-            baseline: pending.get(key).or_else(|| stored.get(key)).cloned(),
-        }
+/// Starts tracking the field stored under `key` (a pending value wins over the stored one);
+/// nothing is decoded yet. Used by generated code.
+#[doc(hidden)]
+#[inline]
+pub fn load_field(stored: &Fields, pending: &Fields, key: &'static str) -> FieldState {
+    FieldState {
+        touched: false,
+        baseline: pending.get(key).or_else(|| stored.get(key)).cloned(),
     }
+}
 
-    /// The value, decoded from `state`'s baseline on first use; a missing or undecodable
-    /// field reads as its default.
-    #[inline]
-    pub fn get<'a>(
-        &'a self,
-        state: &FieldState,
-        key: &'static str,
-        default: fn() -> F,
-    ) -> &'a F {
-        &self
-            .value
-            .get_or_init(|| Self::decode(state, key, default))
-            .value
+/// The field's value, decoded from `state`'s baseline on first use; a missing or undecodable
+/// field reads as its default. Used by generated code.
+#[doc(hidden)]
+#[inline]
+pub fn lazy_get<'a, F: DeserializeOwned>(
+    field: &'a LazyField<F>,
+    state: &FieldState,
+    key: &'static str,
+    default: fn() -> F,
+) -> &'a F {
+    &field
+        .value
+        .get_or_init(|| decode_lazy(state, key, default))
+        .value
+}
+
+/// The field's value for changing: decoded first if it was not, and the field marked
+/// touched. Used by generated code.
+#[doc(hidden)]
+#[inline]
+pub fn lazy_get_mut<'a, F: Serialize + DeserializeOwned>(
+    field: &'a mut LazyField<F>,
+    state: &mut FieldState,
+    key: &'static str,
+    default: fn() -> F,
+) -> &'a mut F {
+    if field.value.get().is_none() {
+        let _ = field.value.set(decode_lazy(state, key, default));
     }
-
-    /// The value for changing: decoded first if it was not, and the field marked touched.
-    #[inline]
-    pub fn get_mut<'a>(
-        &'a mut self,
-        state: &mut FieldState,
-        key: &'static str,
-        default: fn() -> F,
-    ) -> &'a mut F
-    where
-        F: Serialize,
-    {
-        if self.value.get().is_none() {
-            let decoded = Self::decode(state, key, default);
-            let _ = self.value.set(decoded);
-        }
-        let decoded = self
-            .value
-            .get_mut()
-            .expect("the field was decoded just above");
-        if decoded.undecodable {
-            // Compare against the default it reads as, not the stored value, which is left
-            // alone unless the field really changes.
-            decoded.undecodable = false;
-            state.baseline = None;
-        }
-        state.touch(&decoded.value);
-        &mut decoded.value
+    let Some(decoded) = field.value.get_mut() else {
+        unreachable!("the field was decoded just above")
+    };
+    if decoded.undecodable {
+        // Compare against the default it reads as, not the stored value, which is left alone
+        // unless the field really changes.
+        decoded.undecodable = false;
+        state.baseline = None;
     }
+    state.touch(&decoded.value);
+    &mut decoded.value
+}
 
-    /// Encodes the field into `out` if it was touched and its encoding changed.
-    #[inline]
-    pub fn collect(
-        &self,
-        key: &'static str,
-        state: &mut FieldState,
-        out: &mut Fields,
-    ) -> Result<bool, serde_json::Error>
-    where
-        F: Serialize,
-    {
-        match self.value.get() {
-            // Only a decoded field can have been touched.
-            Some(decoded) if state.touched => collect_field(&decoded.value, key, state, out),
-            _ => Ok(false),
-        }
+/// Encodes the field into `out` if it was touched and its encoding changed. Used by
+/// generated code.
+#[doc(hidden)]
+#[inline]
+pub fn lazy_collect<F: Serialize>(
+    field: &LazyField<F>,
+    key: &'static str,
+    state: &mut FieldState,
+    out: &mut Fields,
+) -> Result<bool, serde_json::Error> {
+    match field.value.get() {
+        // Only a decoded field can have been touched.
+        Some(decoded) if state.touched => collect_field(&decoded.value, key, state, out),
+        _ => Ok(false),
     }
+}
 
-    /// An owned copy of the current value, for [`SessionView::data`]: decoded from the
-    /// store if the field was not read, re-read through its encoding if it was touched.
-    pub fn snapshot(&self, state: &FieldState, key: &'static str, default: fn() -> F) -> F
-    where
-        F: Serialize,
-    {
-        match self.value.get() {
-            Some(decoded) if state.touched => serde_json::to_string(&decoded.value)
-                .ok()
-                .and_then(|encoded| decode_raw(&encoded, key))
-                .unwrap_or_else(default),
-            _ => Self::decode(state, key, default).value,
-        }
+/// An owned copy of the field's current value, for [`SessionView::data`]: decoded from the
+/// store if the field was not read, re-read through its encoding if it was touched. Used by
+/// generated code.
+#[doc(hidden)]
+pub fn lazy_snapshot<F: Serialize + DeserializeOwned>(
+    field: &LazyField<F>,
+    state: &FieldState,
+    key: &'static str,
+    default: fn() -> F,
+) -> F {
+    match field.value.get() {
+        Some(decoded) if state.touched => serde_json::to_string(&decoded.value)
+            .ok()
+            .and_then(|encoded| decode_raw(&encoded, key))
+            .unwrap_or_else(default),
+        _ => decode_lazy(state, key, default).value,
     }
+}
 
-    fn decode(state: &FieldState, key: &'static str, default: fn() -> F) -> Decoded<F> {
-        let value = state.baseline.as_deref().map(|raw| decode_raw(raw, key));
-        match value {
-            Some(Some(value)) => Decoded {
-                value,
-                undecodable: false,
-            },
-            Some(None) => Decoded {
-                value: default(),
-                undecodable: true,
-            },
-            None => Decoded {
-                value: default(),
-                undecodable: false,
-            },
-        }
+fn decode_lazy<F: DeserializeOwned>(
+    state: &FieldState,
+    key: &'static str,
+    default: fn() -> F,
+) -> Decoded<F> {
+    match state.baseline.as_deref().map(|raw| decode_raw(raw, key)) {
+        Some(Some(value)) => Decoded {
+            value,
+            undecodable: false,
+        },
+        Some(None) => Decoded {
+            value: default(),
+            undecodable: true,
+        },
+        None => Decoded {
+            value: default(),
+            undecodable: false,
+        },
     }
 }
 

@@ -168,10 +168,9 @@ pub use session_derive::Session;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::data::{
-        assert_field, collect_field, decode_field, FieldState, LazyField, SessionData,
-        SessionView,
+        assert_field, collect_field, decode_field, lazy_collect, lazy_get, lazy_get_mut,
+        lazy_snapshot, load_field, FieldState, LazyField, SessionData, SessionView,
     };
     pub use crate::record::Fields;
-    pub use std::sync::OnceLock;
     pub use serde_json::Error as EncodeError;
 }

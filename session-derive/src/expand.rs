@@ -8,7 +8,7 @@
 //!   the user's module.
 //! - a `const _: () = { .. };` block with
 //!   - per field, a constant `__SESSION_FIELD_i` holding the field's runtime functions
-//!     (its default and `LazyField`'s `load`, `get`, `get_mut`, `collect`, `snapshot`), built after the
+//!     (its default, `lazy_get`, `lazy_get_mut`, `lazy_collect`, `lazy_snapshot`), built after the
 //!     field's `assert_field` check and spanned on the field's type. It is the one body that
 //!     needs the type's traits, and rustc reports a missing impl once per body and span, so
 //!     the user sees one error, at the field;
@@ -76,11 +76,6 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
         quote! {
             struct __SessionFieldFns<F> {
                 default: fn() -> F,
-                load: fn(
-                    &#private::Fields,
-                    &#private::Fields,
-                    &'static str,
-                ) -> #private::FieldState,
                 get: for<'a> fn(
                     &'a #private::LazyField<F>,
                     &#private::FieldState,
@@ -113,10 +108,9 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
         .enumerate()
         .map(|(index, field)| field_fns(&private, index, field));
 
-    let loaded = fields.iter().zip(&keys).enumerate().map(|(index, (_, key))| {
-        let fns = fns_ident(index);
-        quote!((#fns.load)(#stored, #pending, #key))
-    });
+    let loaded = keys
+        .iter()
+        .map(|key| quote!(#private::load_field(#stored, #pending, #key)));
     let lazies = fields.iter().map(|field| {
         let ty = &field.ty;
         quote!(#private::LazyField<#ty>)
@@ -173,7 +167,7 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
         #vis struct #view {
             __fields: [#private::FieldState; #count],
             __values: (#(#lazies,)*),
-            __data: #private::OnceLock<#ident>,
+            __data: ::std::sync::OnceLock<#ident>,
         }
 
         const _: () = {
@@ -207,7 +201,7 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
                     Self {
                         __fields: [#(#loaded),*],
                         __values: (#(#fresh_values,)*),
-                        __data: #private::OnceLock::new(),
+                        __data: ::std::sync::OnceLock::new(),
                     }
                 }
 
@@ -215,7 +209,7 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
                     Self {
                         __fields: [#private::FieldState::NEW; #count],
                         __values: (#(#fresh_values,)*),
-                        __data: #private::OnceLock::new(),
+                        __data: ::std::sync::OnceLock::new(),
                     }
                 }
 
@@ -269,11 +263,10 @@ fn field_fns(private: &TokenStream, index: usize, field: &Field) -> TokenStream 
             #private::assert_field::<#ty>();
             __SessionFieldFns {
                 default: #default,
-                load: #private::LazyField::<#ty>::load,
-                get: #private::LazyField::<#ty>::get,
-                get_mut: #private::LazyField::<#ty>::get_mut,
-                collect: #private::LazyField::<#ty>::collect,
-                snapshot: #private::LazyField::<#ty>::snapshot,
+                get: #private::lazy_get::<#ty>,
+                get_mut: #private::lazy_get_mut::<#ty>,
+                collect: #private::lazy_collect::<#ty>,
+                snapshot: #private::lazy_snapshot::<#ty>,
             }
         };
     }
