@@ -201,7 +201,10 @@ Transfer/sec:     15.00MB
 
     #[test]
     fn output_without_a_rate_is_refused() {
-        assert_eq!(parse("unable to connect to 127.0.0.1:1 Connection refused"), None);
+        assert_eq!(
+            parse("unable to connect to 127.0.0.1:1 Connection refused"),
+            None
+        );
     }
 
     #[test]

@@ -580,6 +580,27 @@ async fn redis_version(url: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
+/// The CPU time the Redis server has used since it started (`used_cpu_sys + used_cpu_user`),
+/// in seconds. It runs on the same cores as the benchmark, so it is part of each request's cost.
+async fn redis_cpu_seconds(url: &str) -> Option<f64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut connection)
+        .await
+        .ok()?;
+    let total = info
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_sys:")
+                .or_else(|| l.strip_prefix("used_cpu_user:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum();
+    Some(total)
+}
+
 fn bench(options: &Options) -> Result<(), String> {
     let start = Instant::now();
     runtime()?.block_on(async {
@@ -770,7 +791,14 @@ async fn wrk_section(
             .into_iter()
             .filter(|v| use_redis || !v.uses_redis())
             .collect();
-        progress(start, format_args!("wrk {}: starting {} servers", scenario.name(), variants.len()));
+        progress(
+            start,
+            format_args!(
+                "wrk {}: starting {} servers",
+                scenario.name(),
+                variants.len()
+            ),
+        );
         // (server, entry, cookie file)
         let mut servers = Vec::new();
         let mut entries: Vec<(usize, report::WrkKey, Option<std::path::PathBuf>)> = Vec::new();
@@ -785,14 +813,27 @@ async fn wrk_section(
                 _ => vec![false],
             };
             if cookie_sets.is_empty() {
-                entries.push((index, report::WrkKey { scenario, variant, small_beside_big: false }, None));
+                entries.push((
+                    index,
+                    report::WrkKey {
+                        scenario,
+                        variant,
+                        small_beside_big: false,
+                    },
+                    None,
+                ));
             }
             for big in cookie_sets {
                 let mut cookies = Vec::with_capacity(options.wrk_sessions);
                 for _ in 0..options.wrk_sessions {
                     cookies.push(server.new_session(big).await?);
                 }
-                let name = format!("{}-{}-{}.cookies", scenario.name(), variant.name(), if big { "big" } else { "small" });
+                let name = format!(
+                    "{}-{}-{}.cookies",
+                    scenario.name(),
+                    variant.name(),
+                    if big { "big" } else { "small" }
+                );
                 let file = workdir.cookie_file(&name, &cookies)?;
                 let key = report::WrkKey {
                     scenario,
@@ -806,12 +847,24 @@ async fn wrk_section(
         // One short untimed run per entry first: connections, buffers and caches warm.
         for (index, _, cookies) in &entries {
             let server = &servers[*index];
-            external::run(&workdir.script(), server.addr, scenario.path(), cookies.as_deref(), options.wrk_connections, Duration::from_secs(1))?;
+            external::run(
+                &workdir.script(),
+                server.addr,
+                scenario.path(),
+                cookies.as_deref(),
+                options.wrk_connections,
+                Duration::from_secs(1),
+            )?;
         }
         for round in 0..options.wrk_rounds {
             for (index, key, cookies) in &entries {
                 let server = &servers[*index];
                 let before = server.stats().await?;
+                let redis_before = if key.variant.uses_redis() {
+                    redis_cpu_seconds(&options.redis_url).await
+                } else {
+                    None
+                };
                 let cpu_before = server.cpu_ns();
                 let run = external::run(
                     &workdir.script(),
@@ -822,6 +875,13 @@ async fn wrk_section(
                     options.wrk_duration,
                 )?;
                 let cpu = server.cpu_ns().saturating_sub(cpu_before);
+                let redis_cpu_us = match (redis_before, redis_cpu_seconds(&options.redis_url).await)
+                {
+                    (Some(before), Some(after)) if key.variant.uses_redis() => {
+                        Some((after - before).max(0.0) * 1e6 / run.requests.max(1) as f64)
+                    }
+                    _ => None,
+                };
                 let delta = server.stats().await?.since(&before);
                 let server_cpu_us = cpu as f64 / 1000.0 / run.requests.max(1) as f64;
                 progress(
@@ -842,7 +902,11 @@ async fn wrk_section(
                     ),
                 );
                 problems.extend(check_wrk_run(key, &run, &delta));
-                results.cells.entry(*key).or_default().push(&run, server_cpu_us);
+                let cell = results.cells.entry(*key).or_default();
+                cell.push(&run, server_cpu_us);
+                if let Some(redis) = redis_cpu_us {
+                    cell.redis_cpu_us.push(redis);
+                }
             }
         }
         for server in servers {
@@ -859,7 +923,10 @@ fn check_wrk_run(key: &report::WrkKey, run: &external::WrkRun, delta: &StoreStat
     let mut problems = Vec::new();
     let what = format!("wrk {} / {}", key.scenario.name(), key.variant);
     if run.errors > 0 {
-        problems.push(format!("{what}: {} failed requests in one run.", run.errors));
+        problems.push(format!(
+            "{what}: {} failed requests in one run.",
+            run.errors
+        ));
     }
     if run.requests == 0 {
         problems.push(format!("{what}: a run completed no request."));
@@ -1025,6 +1092,60 @@ mod tests {
             vec![Scenario::Lazy, Scenario::BigSession]
         );
         assert!(parse_options(&["--bogus".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn wrk_runs_whose_cookies_were_not_found_fail() {
+        let run = external::WrkRun {
+            rps: 1000.0,
+            requests: 1000,
+            errors: 0,
+            client_cpu_us: 0.0,
+        };
+        let key = |scenario, variant| report::WrkKey {
+            scenario,
+            variant,
+            small_beside_big: false,
+        };
+        let found = StoreStats {
+            loads: 1003,
+            ..StoreStats::default()
+        };
+        assert!(check_wrk_run(&key(Scenario::Counter, Variant::OursMem), &run, &found).is_empty());
+        // Sessions created instead of loaded: the cookies named nothing.
+        let lost = StoreStats {
+            loads: 1000,
+            creates: 1000,
+            ..StoreStats::default()
+        };
+        assert_eq!(
+            check_wrk_run(&key(Scenario::Counter, Variant::OursMem), &run, &lost).len(),
+            1
+        );
+        // Too few loads: some requests carried no cookie.
+        let few = StoreStats {
+            loads: 10,
+            ..StoreStats::default()
+        };
+        assert_eq!(
+            check_wrk_run(&key(Scenario::ReadOnly, Variant::TowerMem), &run, &few).len(),
+            1
+        );
+        // New visitors must create; the lazy route must not load; bare axum has no store.
+        assert_eq!(
+            check_wrk_run(&key(Scenario::NewVisitor, Variant::OursMem), &run, &found).len(),
+            1
+        );
+        assert_eq!(
+            check_wrk_run(&key(Scenario::Lazy, Variant::OursMem), &run, &found).len(),
+            1
+        );
+        assert!(check_wrk_run(&key(Scenario::Counter, Variant::Bare), &run, &lost).is_empty());
+        let failed = external::WrkRun { errors: 3, ..run };
+        assert_eq!(
+            check_wrk_run(&key(Scenario::Counter, Variant::Bare), &failed, &found).len(),
+            1
+        );
     }
 
     #[test]

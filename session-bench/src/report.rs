@@ -113,6 +113,8 @@ pub struct WrkCell {
     pub rps: Vec<f64>,
     pub server_cpu_us: Vec<f64>,
     pub client_cpu_us: Vec<f64>,
+    /// The Redis server's CPU per request (Redis variants).
+    pub redis_cpu_us: Vec<f64>,
     pub requests: u64,
 }
 
@@ -428,7 +430,9 @@ impl Report {
     /// The large session's req/s over the small counter's (session-core, memory store),
     /// in-process: medians of the two scenarios of this run.
     fn big_vs_counter(&self) -> Option<f64> {
-        let big = self.cell(Scenario::BigSession, Variant::OursMem)?.median_rps();
+        let big = self
+            .cell(Scenario::BigSession, Variant::OursMem)?
+            .median_rps();
         let small = self.cell(Scenario::Counter, Variant::OursMem)?.median_rps();
         (small > 0.0).then(|| big / small)
     }
@@ -448,7 +452,7 @@ impl Report {
              fresh servers per scenario, entries alternated, {} round(s); req/s and CPU are \
              medians over rounds, ratios medians of within-round ratios. The server's store \
              counts check every run: returning visitors load a session per request and create \
-             none. \"client CPU\" is the load generator's own CPU per request (wrk's from \
+             none. \"Redis CPU\" is the Redis server's (`INFO cpu`), which shares the cores. \"client CPU\" is the load generator's own CPU per request (wrk's from \
              `cutime`, the in-process client's from this process's `utime + stime`).\n",
             crate::external::THREADS,
             wrk.connections,
@@ -458,9 +462,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| scenario | variant | wrk req/s | wrk vs tower-sessions | wrk vs bare | in-process vs tower-sessions | in-process vs bare | server CPU µs/req (wrk) | client CPU µs/req: wrk / in-process |"
+            "| scenario | variant | wrk req/s | wrk vs tower-sessions | wrk vs bare | in-process vs tower-sessions | in-process vs bare | server CPU µs/req (wrk) | Redis CPU µs/req (wrk) | client CPU µs/req: wrk / in-process |"
         );
-        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
         let text = |r: Option<f64>| r.map_or_else(String::new, ratio_text);
         for scenario in Scenario::ALL {
             let mut keys: Vec<&WrkKey> = wrk
@@ -485,9 +489,13 @@ impl Report {
                     };
                     (
                         text(pair(peer, &|p| wrk.rps_ratio(scenario, key.variant, p))),
-                        text(pair(Some(Variant::Bare), &|b| wrk.rps_ratio(scenario, key.variant, b))),
+                        text(pair(Some(Variant::Bare), &|b| {
+                            wrk.rps_ratio(scenario, key.variant, b)
+                        })),
                         text(pair(peer, &|p| self.rps_ratio(scenario, key.variant, p))),
-                        text(pair(Some(Variant::Bare), &|b| self.rps_ratio(scenario, key.variant, b))),
+                        text(pair(Some(Variant::Bare), &|b| {
+                            self.rps_ratio(scenario, key.variant, b)
+                        })),
                     )
                 };
                 let in_process_client = self
@@ -498,12 +506,17 @@ impl Report {
                     .map_or_else(|| "–".to_owned(), |v| format!("{v:.1}"));
                 let _ = writeln!(
                     out,
-                    "| {} | {}{} | {:.0} | {vs_tower} | {vs_bare} | {in_tower} | {in_bare} | {:.1} | {:.1} / {in_process_client} |",
+                    "| {} | {}{} | {:.0} | {vs_tower} | {vs_bare} | {in_tower} | {in_bare} | {:.1} | {} | {:.1} / {in_process_client} |",
                     scenario.name(),
                     key.variant.label(),
                     if key.small_beside_big { " (small session, same server)" } else { "" },
                     median(cell.rps.clone()),
                     median(cell.server_cpu_us.clone()),
+                    if cell.redis_cpu_us.is_empty() {
+                        "–".to_owned()
+                    } else {
+                        format!("{:.1}", median(cell.redis_cpu_us.clone()))
+                    },
                     median(cell.client_cpu_us.clone()),
                 );
             }

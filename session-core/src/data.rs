@@ -349,10 +349,7 @@ fn field_name(key: &'static str) -> Arc<str> {
     }
     NAMES.with(|names| {
         let mut names = names.borrow_mut();
-        if let Some((_, name)) = names
-            .iter()
-            .find(|(known, _)| std::ptr::eq(*known, key))
-        {
+        if let Some((_, name)) = names.iter().find(|(known, _)| std::ptr::eq(*known, key)) {
             return name.clone();
         }
         let name: Arc<str> = Arc::from(key);

@@ -625,7 +625,10 @@ mod tests {
             let time = OffsetDateTime::from_unix_timestamp(unix).unwrap();
             let mut ours = String::new();
             write_http_date(&mut ours, time).unwrap();
-            let theirs = cookie::Cookie::build(("a", "b")).expires(time).build().to_string();
+            let theirs = cookie::Cookie::build(("a", "b"))
+                .expires(time)
+                .build()
+                .to_string();
             assert_eq!(theirs, format!("a=b; Expires={ours}"));
         }
     }
