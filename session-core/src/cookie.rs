@@ -296,6 +296,26 @@ mod tests {
     }
 
     #[test]
+    fn the_request_signature_is_reused_only_for_its_own_id_and_the_current_key() {
+        let id = SessionId::generate().unwrap();
+        let other = SessionId::generate().unwrap();
+        let ring = ring();
+        let current = ring.sign(&id);
+        let lookup = ring.find("sid", [format!("sid=\"{current}\"").as_bytes()]);
+        assert!(lookup.signature.is_some());
+        assert_eq!(ring.sign_for(&id, &lookup), current);
+        assert_eq!(ring.sign_for(&other, &lookup), ring.sign(&other));
+        // Verified only by an older key: signed again with the current one.
+        let mut rotated = KeyRing::new(key(1));
+        rotated.push(key(9));
+        let old = KeyRing::new(key(9)).sign(&id);
+        let lookup = rotated.find("sid", [format!("sid={old}").as_bytes()]);
+        assert_eq!(lookup.signature, None);
+        assert_eq!(rotated.sign_for(&id, &lookup), rotated.sign(&id));
+        assert_ne!(rotated.sign_for(&id, &lookup), old);
+    }
+
+    #[test]
     fn valid_cookie_is_found_among_duplicates_and_other_cookies() {
         let id = SessionId::generate().unwrap();
         let good = ring().sign(&id);

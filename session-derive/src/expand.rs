@@ -8,10 +8,10 @@
 //!   the user's module.
 //! - a `const _: () = { .. };` block with
 //!   - per field, a constant `__SESSION_FIELD_i` holding the field's runtime functions
-//!     (its default, `lazy_get`, `lazy_get_mut`, `lazy_collect`, `lazy_snapshot`), built after the
-//!     field's `assert_field` check and spanned on the field's type. It is the one body that
-//!     needs the type's traits, and rustc reports a missing impl once per body and span, so
-//!     the user sees one error, at the field;
+//!     (its default, `lazy_get`, `lazy_get_mut`, `lazy_collect`, `lazy_snapshot`), built
+//!     after the field's `assert_field` check and spanned on the field's type. It is the one
+//!     body that needs the type's traits, and rustc reports a missing impl once per body and
+//!     span, so the user sees one error, at the field;
 //!   - the `SessionData` and `SessionView` impls, which only call those functions;
 //!   - the inherent accessors `views()`, `views_mut()` and `set_views()`.
 //!
