@@ -69,6 +69,7 @@
 //! writes its data).
 
 mod counting;
+mod external;
 mod load;
 mod report;
 mod serve;
@@ -101,6 +102,14 @@ pub struct Options {
     pub redis: bool,
     pub memory: bool,
     pub scenarios: Vec<Scenario>,
+    /// Also drive the servers with wrk (`--wrk`), or only with wrk (`--wrk-only`).
+    pub wrk: bool,
+    pub in_process: bool,
+    /// wrk's rounds, run length, connections, and sessions made per server beforehand.
+    pub wrk_rounds: usize,
+    pub wrk_duration: Duration,
+    pub wrk_connections: usize,
+    pub wrk_sessions: usize,
 }
 
 impl Options {
@@ -117,6 +126,12 @@ impl Options {
             redis: true,
             memory: true,
             scenarios: Scenario::ALL.to_vec(),
+            wrk: false,
+            in_process: true,
+            wrk_rounds: 3,
+            wrk_duration: Duration::from_secs(4),
+            wrk_connections: 64,
+            wrk_sessions: 256,
         }
     }
 
@@ -129,6 +144,9 @@ impl Options {
             connections: 8,
             sessions: 5_000,
             accounting: 40,
+            wrk_rounds: 1,
+            wrk_duration: Duration::from_secs(1),
+            wrk_sessions: 16,
             ..Self::full()
         }
     }
@@ -138,7 +156,10 @@ const USAGE: &str = "\
 usage:
   session-bench [--smoke] [--rounds N] [--duration SECS] [--warmup SECS] [--connections N]
                 [--sessions N] [--redis URL | --no-redis] [--no-memory] [--scenarios LIST]
-      runs the benchmark; LIST is a comma-separated subset of lazy,new,peek,counter,big
+                [--wrk | --wrk-only] [--wrk-rounds N] [--wrk-duration SECS]
+      runs the benchmark; LIST is a comma-separated subset of lazy,new,peek,counter,big;
+      --wrk also drives the servers with wrk (side by side with the in-process client),
+      --wrk-only with wrk alone
   session-bench serve VARIANT [--redis URL]
       serves one variant (bare, tower-mem, tower-redis, ours-mem, ours-redis)
   session-bench drive VARIANT SCENARIO [--duration SECS | --requests N] [--connections N]
@@ -192,6 +213,16 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--redis" => options.redis_url = value(arg)?,
             "--no-redis" => options.redis = false,
             "--no-memory" => options.memory = false,
+            "--wrk" => options.wrk = true,
+            "--wrk-only" => {
+                options.wrk = true;
+                options.in_process = false;
+                options.memory = false;
+            }
+            "--wrk-rounds" => options.wrk_rounds = number(&value(arg)?)?.max(1.0) as usize,
+            "--wrk-duration" => {
+                options.wrk_duration = Duration::from_secs_f64(number(&value(arg)?)?.max(1.0))
+            }
             "--scenarios" => {
                 options.scenarios = value(arg)?
                     .split(',')
@@ -549,6 +580,27 @@ async fn redis_version(url: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
+/// The CPU time the Redis server has used since it started (`used_cpu_sys + used_cpu_user`),
+/// in seconds. It runs on the same cores as the benchmark, so it is part of each request's cost.
+async fn redis_cpu_seconds(url: &str) -> Option<f64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut connection)
+        .await
+        .ok()?;
+    let total = info
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_sys:")
+                .or_else(|| l.strip_prefix("used_cpu_user:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum();
+    Some(total)
+}
+
 fn bench(options: &Options) -> Result<(), String> {
     let start = Instant::now();
     runtime()?.block_on(async {
@@ -582,7 +634,8 @@ fn bench(options: &Options) -> Result<(), String> {
             None
         };
         let mut cells: HashMap<(Scenario, Variant), Cell> = HashMap::new();
-        for &scenario in &options.scenarios {
+        let in_process_scenarios: &[Scenario] = if options.in_process { &options.scenarios } else { &[] };
+        for &scenario in in_process_scenarios {
             let variants: Vec<Variant> = scenario
                 .variants()
                 .into_iter()
@@ -603,7 +656,9 @@ fn bench(options: &Options) -> Result<(), String> {
                     }
                     let before = server.stats().await?;
                     let cpu_before = server.cpu_ns();
+                    let client_before = external::own_cpu_ticks();
                     let result = load::run(conns, path, Limit::Time(options.duration)).await;
+                    let client = external::own_cpu_ticks().saturating_sub(client_before);
                     let cpu = server.cpu_ns().saturating_sub(cpu_before);
                     let delta = server.stats().await?.since(&before);
                     progress(
@@ -628,10 +683,9 @@ fn bench(options: &Options) -> Result<(), String> {
                         let missing = options.connections - conns.len();
                         conns.extend(server.connect(scenario, missing).await?);
                     }
-                    cells
-                        .entry((scenario, server.variant))
-                        .or_default()
-                        .push(&result, &delta, cpu);
+                    let cell = cells.entry((scenario, server.variant)).or_default();
+                    cell.push(&result, &delta, cpu);
+                    cell.client_cpu_us.push(external::ticks_per_request_us(client, result.requests));
                 }
             }
             // Bytes sent to Redis per request, on the wire: fresh servers of the Redis
@@ -674,12 +728,19 @@ fn bench(options: &Options) -> Result<(), String> {
             }
         }
 
+        let wrk = if options.wrk {
+            Some(wrk_section(options, use_redis, start, &mut problems).await?)
+        } else {
+            None
+        };
+
         let failed = !problems.is_empty();
         notes.extend(problems.iter().map(|p| format!("Problem: {p}")));
         let report = Report {
             options: options.clone(),
             cells,
             memory,
+            wrk,
             notes,
             redis_version: redis_version_text,
             elapsed: start.elapsed(),
@@ -700,6 +761,206 @@ fn bench(options: &Options) -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+/// The same scenarios driven by wrk: fresh servers per scenario, `wrk_sessions` sessions
+/// made beforehand on each (their cookies sent round-robin by the Lua script), then
+/// `wrk_rounds` rounds in which every entry in turn gets one wrk run. In the large-session
+/// scenario session-core's memory server also gets small sessions, run beside the large ones,
+/// for the large-vs-small ratio.
+async fn wrk_section(
+    options: &Options,
+    use_redis: bool,
+    start: Instant,
+    problems: &mut Vec<String>,
+) -> Result<report::WrkResults, String> {
+    if !external::available() {
+        return Err("--wrk needs wrk (Debian package `wrk`) on the PATH".to_owned());
+    }
+    let workdir = external::Workdir::new()?;
+    let mut results = report::WrkResults {
+        connections: options.wrk_connections,
+        duration: options.wrk_duration,
+        rounds: options.wrk_rounds,
+        sessions: options.wrk_sessions,
+        ..Default::default()
+    };
+    for &scenario in &options.scenarios {
+        let variants: Vec<Variant> = scenario
+            .wrk_variants()
+            .into_iter()
+            .filter(|v| use_redis || !v.uses_redis())
+            .collect();
+        progress(
+            start,
+            format_args!(
+                "wrk {}: starting {} servers",
+                scenario.name(),
+                variants.len()
+            ),
+        );
+        // (server, entry, cookie file)
+        let mut servers = Vec::new();
+        let mut entries: Vec<(usize, report::WrkKey, Option<std::path::PathBuf>)> = Vec::new();
+        for &variant in &variants {
+            let server = Server::start(variant, &options.redis_url)?;
+            let index = servers.len();
+            let cookie_sets: Vec<bool> = match scenario {
+                Scenario::NewVisitor => vec![],
+                // Small sessions beside the large ones, on the same server.
+                Scenario::BigSession if variant == Variant::OursMem => vec![true, false],
+                Scenario::BigSession => vec![true],
+                _ => vec![false],
+            };
+            if cookie_sets.is_empty() {
+                entries.push((
+                    index,
+                    report::WrkKey {
+                        scenario,
+                        variant,
+                        small_beside_big: false,
+                    },
+                    None,
+                ));
+            }
+            for big in cookie_sets {
+                let mut cookies = Vec::with_capacity(options.wrk_sessions);
+                for _ in 0..options.wrk_sessions {
+                    cookies.push(server.new_session(big).await?);
+                }
+                let name = format!(
+                    "{}-{}-{}.cookies",
+                    scenario.name(),
+                    variant.name(),
+                    if big { "big" } else { "small" }
+                );
+                let file = workdir.cookie_file(&name, &cookies)?;
+                let key = report::WrkKey {
+                    scenario,
+                    variant,
+                    small_beside_big: scenario == Scenario::BigSession && !big,
+                };
+                entries.push((index, key, Some(file)));
+            }
+            servers.push(server);
+        }
+        // One short untimed run per entry first: connections, buffers and caches warm.
+        for (index, _, cookies) in &entries {
+            let server = &servers[*index];
+            external::run(
+                &workdir.script(),
+                server.addr,
+                scenario.path(),
+                cookies.as_deref(),
+                options.wrk_connections,
+                Duration::from_secs(1),
+            )?;
+        }
+        for round in 0..options.wrk_rounds {
+            for (index, key, cookies) in &entries {
+                let server = &servers[*index];
+                let before = server.stats().await?;
+                let redis_before = if key.variant.uses_redis() {
+                    redis_cpu_seconds(&options.redis_url).await
+                } else {
+                    None
+                };
+                let cpu_before = server.cpu_ns();
+                let run = external::run(
+                    &workdir.script(),
+                    server.addr,
+                    scenario.path(),
+                    cookies.as_deref(),
+                    options.wrk_connections,
+                    options.wrk_duration,
+                )?;
+                let cpu = server.cpu_ns().saturating_sub(cpu_before);
+                let redis_cpu_us = match (redis_before, redis_cpu_seconds(&options.redis_url).await)
+                {
+                    (Some(before), Some(after)) if key.variant.uses_redis() => {
+                        Some((after - before).max(0.0) * 1e6 / run.requests.max(1) as f64)
+                    }
+                    _ => None,
+                };
+                let delta = server.stats().await?.since(&before);
+                let server_cpu_us = cpu as f64 / 1000.0 / run.requests.max(1) as f64;
+                progress(
+                    start,
+                    format_args!(
+                        "wrk {} round {}/{}: {:<12}{} {:>8.0} req/s  server CPU {:>5.1} µs/req  wrk CPU {:>5.1} µs/req  loads/req {:.3}  creates/req {:.3}{}",
+                        scenario.name(),
+                        round + 1,
+                        options.wrk_rounds,
+                        key.variant.name(),
+                        if key.small_beside_big { " (small)" } else { "" },
+                        run.rps,
+                        server_cpu_us,
+                        run.client_cpu_us / run.requests.max(1) as f64,
+                        delta.loads as f64 / run.requests.max(1) as f64,
+                        delta.creates as f64 / run.requests.max(1) as f64,
+                        if run.errors > 0 { format!("  ERRORS {}", run.errors) } else { String::new() },
+                    ),
+                );
+                problems.extend(check_wrk_run(key, &run, &delta));
+                let cell = results.cells.entry(*key).or_default();
+                cell.push(&run, server_cpu_us);
+                if let Some(redis) = redis_cpu_us {
+                    cell.redis_cpu_us.push(redis);
+                }
+            }
+        }
+        for server in servers {
+            server.cleanup().await;
+        }
+    }
+    Ok(results)
+}
+
+/// What went wrong in a wrk run: failed requests, or sessions not found. wrk does not read
+/// bodies, so the store's counts say whether the cookies were found: a returning visitor's
+/// request loads its session and creates none; a new visitor's creates one.
+fn check_wrk_run(key: &report::WrkKey, run: &external::WrkRun, delta: &StoreStats) -> Vec<String> {
+    let mut problems = Vec::new();
+    let what = format!("wrk {} / {}", key.scenario.name(), key.variant);
+    if run.errors > 0 {
+        problems.push(format!(
+            "{what}: {} failed requests in one run.",
+            run.errors
+        ));
+    }
+    if run.requests == 0 {
+        problems.push(format!("{what}: a run completed no request."));
+    }
+    if key.variant == Variant::Bare {
+        return problems;
+    }
+    match key.scenario {
+        Scenario::NewVisitor => {
+            if delta.creates < run.requests {
+                problems.push(format!(
+                    "{what}: {} sessions created for {} new visitors.",
+                    delta.creates, run.requests
+                ));
+            }
+        }
+        Scenario::Lazy => {
+            if delta.creates > 0 || delta.loads > 0 {
+                problems.push(format!(
+                    "{what}: the lazy route loaded {} and created {} sessions.",
+                    delta.loads, delta.creates
+                ));
+            }
+        }
+        _ => {
+            if delta.creates > 0 || delta.loads < run.requests {
+                problems.push(format!(
+                    "{what}: {} requests loaded {} sessions and created {}: the pre-made cookies were not all found.",
+                    run.requests, delta.loads, delta.creates
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// What went wrong in a run that did not do what the scenario means: the report lists it and
@@ -831,6 +1092,60 @@ mod tests {
             vec![Scenario::Lazy, Scenario::BigSession]
         );
         assert!(parse_options(&["--bogus".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn wrk_runs_whose_cookies_were_not_found_fail() {
+        let run = external::WrkRun {
+            rps: 1000.0,
+            requests: 1000,
+            errors: 0,
+            client_cpu_us: 0.0,
+        };
+        let key = |scenario, variant| report::WrkKey {
+            scenario,
+            variant,
+            small_beside_big: false,
+        };
+        let found = StoreStats {
+            loads: 1003,
+            ..StoreStats::default()
+        };
+        assert!(check_wrk_run(&key(Scenario::Counter, Variant::OursMem), &run, &found).is_empty());
+        // Sessions created instead of loaded: the cookies named nothing.
+        let lost = StoreStats {
+            loads: 1000,
+            creates: 1000,
+            ..StoreStats::default()
+        };
+        assert_eq!(
+            check_wrk_run(&key(Scenario::Counter, Variant::OursMem), &run, &lost).len(),
+            1
+        );
+        // Too few loads: some requests carried no cookie.
+        let few = StoreStats {
+            loads: 10,
+            ..StoreStats::default()
+        };
+        assert_eq!(
+            check_wrk_run(&key(Scenario::ReadOnly, Variant::TowerMem), &run, &few).len(),
+            1
+        );
+        // New visitors must create; the lazy route must not load; bare axum has no store.
+        assert_eq!(
+            check_wrk_run(&key(Scenario::NewVisitor, Variant::OursMem), &run, &found).len(),
+            1
+        );
+        assert_eq!(
+            check_wrk_run(&key(Scenario::Lazy, Variant::OursMem), &run, &found).len(),
+            1
+        );
+        assert!(check_wrk_run(&key(Scenario::Counter, Variant::Bare), &run, &lost).is_empty());
+        let failed = external::WrkRun { errors: 3, ..run };
+        assert_eq!(
+            check_wrk_run(&key(Scenario::Counter, Variant::Bare), &failed, &found).len(),
+            1
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::external::WrkRun;
 use crate::load::RunResult;
 use crate::variant::{Scenario, Variant};
 use crate::{Options, StoreStats};
@@ -24,6 +25,8 @@ pub struct Cell {
     /// Bytes sent to Redis per request, counted on the wire in the untimed byte-counting run
     /// (Redis variants only: a memory store has no wire).
     pub bytes_per_request: Option<f64>,
+    /// The in-process load generator's own CPU time per request, in microseconds, per round.
+    pub client_cpu_us: Vec<f64>,
 }
 
 impl Cell {
@@ -95,6 +98,74 @@ fn paired_difference(a: &[f64], b: &[f64]) -> Option<f64> {
     (!differences.is_empty()).then(|| median(differences))
 }
 
+/// One thing wrk drives: a variant in a scenario; in the large-session scenario, also
+/// session-core's memory server with small sessions (`small_beside_big`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WrkKey {
+    pub scenario: Scenario,
+    pub variant: Variant,
+    pub small_beside_big: bool,
+}
+
+/// What wrk measured for one key, one entry per round.
+#[derive(Debug, Default)]
+pub struct WrkCell {
+    pub rps: Vec<f64>,
+    pub server_cpu_us: Vec<f64>,
+    pub client_cpu_us: Vec<f64>,
+    /// The Redis server's CPU per request (Redis variants).
+    pub redis_cpu_us: Vec<f64>,
+    pub requests: u64,
+}
+
+impl WrkCell {
+    pub fn push(&mut self, run: &WrkRun, server_cpu_us: f64) {
+        self.rps.push(run.rps);
+        self.server_cpu_us.push(server_cpu_us);
+        self.client_cpu_us
+            .push(run.client_cpu_us / run.requests.max(1) as f64);
+        self.requests += run.requests;
+    }
+}
+
+/// The wrk mode's results and settings.
+#[derive(Debug, Default)]
+pub struct WrkResults {
+    pub cells: HashMap<WrkKey, WrkCell>,
+    pub connections: usize,
+    pub duration: Duration,
+    pub rounds: usize,
+    pub sessions: usize,
+}
+
+impl WrkResults {
+    fn cell(&self, scenario: Scenario, variant: Variant) -> Option<&WrkCell> {
+        self.cells.get(&WrkKey {
+            scenario,
+            variant,
+            small_beside_big: false,
+        })
+    }
+
+    fn rps_ratio(&self, scenario: Scenario, a: Variant, b: Variant) -> Option<f64> {
+        paired_ratio(&self.cell(scenario, a)?.rps, &self.cell(scenario, b)?.rps)
+    }
+
+    /// session-core's memory store: the large session's req/s over the small one's, on one
+    /// server, within each round.
+    fn big_vs_small(&self) -> Option<f64> {
+        let small = self.cells.get(&WrkKey {
+            scenario: Scenario::BigSession,
+            variant: Variant::OursMem,
+            small_beside_big: true,
+        })?;
+        paired_ratio(
+            &self.cell(Scenario::BigSession, Variant::OursMem)?.rps,
+            &small.rps,
+        )
+    }
+}
+
 /// Resident memory before and after creating sessions in a fresh server.
 #[derive(Debug)]
 pub struct MemoryResult {
@@ -117,6 +188,8 @@ pub struct Report {
     pub options: Options,
     pub cells: HashMap<(Scenario, Variant), Cell>,
     pub memory: Vec<MemoryResult>,
+    /// The wrk mode's results, when it ran.
+    pub wrk: Option<WrkResults>,
     pub notes: Vec<String>,
     pub redis_version: Option<String>,
     pub elapsed: Duration,
@@ -180,6 +253,7 @@ impl Report {
             self.render_scenario(&mut out, scenario);
         }
         self.render_memory(&mut out);
+        self.render_wrk(&mut out);
         self.render_targets(&mut out);
         if !self.notes.is_empty() {
             let _ = writeln!(out, "### Notes\n");
@@ -353,6 +427,103 @@ impl Report {
         let _ = writeln!(out);
     }
 
+    /// The large session's req/s over the small counter's (session-core, memory store),
+    /// in-process: medians of the two scenarios of this run.
+    fn big_vs_counter(&self) -> Option<f64> {
+        let big = self
+            .cell(Scenario::BigSession, Variant::OursMem)?
+            .median_rps();
+        let small = self.cell(Scenario::Counter, Variant::OursMem)?.median_rps();
+        (small > 0.0).then(|| big / small)
+    }
+
+    fn wrk_ratio(&self, scenario: Scenario, a: Variant, b: Variant) -> Option<f64> {
+        self.wrk.as_ref()?.rps_ratio(scenario, a, b)
+    }
+
+    /// wrk's numbers next to the in-process client's, per scenario and variant.
+    fn render_wrk(&self, out: &mut String) {
+        let Some(wrk) = &self.wrk else { return };
+        let _ = writeln!(
+            out,
+            "#### External load generator: wrk, beside the in-process client\n\n\
+             `wrk -t{} -c{} -d{}s` with `session-bench/wrk/sessions.lua`; {} sessions made \
+             per server beforehand, their cookies sent round-robin (new visitors: none); \
+             fresh servers per scenario, entries alternated, {} round(s); req/s and CPU are \
+             medians over rounds, ratios medians of within-round ratios. The server's store \
+             counts check every run: returning visitors load a session per request and create \
+             none. \"Redis CPU\" is the Redis server's (`INFO cpu`), which shares the cores. \"client CPU\" is the load generator's own CPU per request (wrk's from \
+             `cutime`, the in-process client's from this process's `utime + stime`).\n",
+            crate::external::THREADS,
+            wrk.connections,
+            wrk.duration.as_secs(),
+            wrk.sessions,
+            wrk.rounds,
+        );
+        let _ = writeln!(
+            out,
+            "| scenario | variant | wrk req/s | wrk vs tower-sessions | wrk vs bare | in-process vs tower-sessions | in-process vs bare | server CPU µs/req (wrk) | Redis CPU µs/req (wrk) | client CPU µs/req: wrk / in-process |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let text = |r: Option<f64>| r.map_or_else(String::new, ratio_text);
+        for scenario in Scenario::ALL {
+            let mut keys: Vec<&WrkKey> = wrk
+                .cells
+                .keys()
+                .filter(|k| k.scenario == scenario)
+                .collect();
+            keys.sort_by_key(|k| {
+                (
+                    Variant::ALL.iter().position(|v| *v == k.variant),
+                    !k.small_beside_big,
+                )
+            });
+            for key in keys {
+                let cell = &wrk.cells[key];
+                let (vs_tower, vs_bare, in_tower, in_bare) = if key.small_beside_big {
+                    Default::default()
+                } else {
+                    let peer = key.variant.peer();
+                    let pair = |a: Option<Variant>, f: &dyn Fn(Variant) -> Option<f64>| {
+                        a.filter(|_| key.variant != Variant::Bare).and_then(f)
+                    };
+                    (
+                        text(pair(peer, &|p| wrk.rps_ratio(scenario, key.variant, p))),
+                        text(pair(Some(Variant::Bare), &|b| {
+                            wrk.rps_ratio(scenario, key.variant, b)
+                        })),
+                        text(pair(peer, &|p| self.rps_ratio(scenario, key.variant, p))),
+                        text(pair(Some(Variant::Bare), &|b| {
+                            self.rps_ratio(scenario, key.variant, b)
+                        })),
+                    )
+                };
+                let in_process_client = self
+                    .cell(scenario, key.variant)
+                    .filter(|_| !key.small_beside_big)
+                    .map(|c| median(c.client_cpu_us.clone()))
+                    .filter(|v| *v > 0.0)
+                    .map_or_else(|| "–".to_owned(), |v| format!("{v:.1}"));
+                let _ = writeln!(
+                    out,
+                    "| {} | {}{} | {:.0} | {vs_tower} | {vs_bare} | {in_tower} | {in_bare} | {:.1} | {} | {:.1} / {in_process_client} |",
+                    scenario.name(),
+                    key.variant.label(),
+                    if key.small_beside_big { " (small session, same server)" } else { "" },
+                    median(cell.rps.clone()),
+                    median(cell.server_cpu_us.clone()),
+                    if cell.redis_cpu_us.is_empty() {
+                        "–".to_owned()
+                    } else {
+                        format!("{:.1}", median(cell.redis_cpu_us.clone()))
+                    },
+                    median(cell.client_cpu_us.clone()),
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
+
     fn targets(&self) -> Vec<Target> {
         let at_least = |r: Option<f64>, goal: f64| (r.map(ratio_text), r.map(|r| r >= goal));
         let mut targets = Vec::new();
@@ -440,6 +611,70 @@ impl Report {
             measured: r.map(bytes_ratio_text),
             holds: r.map(|r| r <= 1.0 / 50.0),
         });
+        for (what, goal, r, min) in [
+            (
+                "counter, memory store: req/s vs tower-sessions, under wrk",
+                "≥ 2.0×",
+                self.wrk_ratio(Scenario::Counter, Variant::OursMem, Variant::TowerMem),
+                2.0,
+            ),
+            (
+                "counter, memory store: req/s vs bare axum, under wrk",
+                "≥ 0.8×",
+                self.wrk_ratio(Scenario::Counter, Variant::OursMem, Variant::Bare),
+                0.8,
+            ),
+            (
+                "lazy path: req/s vs bare axum, under wrk",
+                "≥ 0.95×",
+                self.wrk_ratio(Scenario::Lazy, Variant::OursMem, Variant::Bare),
+                0.95,
+            ),
+            (
+                "read-only `peek`, memory: req/s vs bare axum",
+                "≥ 0.85×",
+                self.rps_ratio(Scenario::ReadOnly, Variant::OursMem, Variant::Bare),
+                0.85,
+            ),
+            (
+                "read-only `peek`, memory: req/s vs bare axum, under wrk",
+                "≥ 0.85×",
+                self.wrk_ratio(Scenario::ReadOnly, Variant::OursMem, Variant::Bare),
+                0.85,
+            ),
+            (
+                "counter, Redis: req/s vs tower-sessions' Redis store",
+                "≥ 1.5×",
+                self.rps_ratio(Scenario::Counter, Variant::OursRedis, Variant::TowerRedis),
+                1.5,
+            ),
+            (
+                "counter, Redis: req/s vs tower-sessions' Redis store, under wrk",
+                "≥ 1.5×",
+                self.wrk_ratio(Scenario::Counter, Variant::OursRedis, Variant::TowerRedis),
+                1.5,
+            ),
+            (
+                "64 KB cart changing `views`, memory: req/s vs the small counter's (in-process: medians of the two scenarios)",
+                "≥ 0.8×",
+                self.big_vs_counter(),
+                0.8,
+            ),
+            (
+                "64 KB cart changing `views`, memory: req/s vs small sessions on the same server, under wrk",
+                "≥ 0.8×",
+                self.wrk.as_ref().and_then(WrkResults::big_vs_small),
+                0.8,
+            ),
+        ] {
+            let (measured, holds) = at_least(r, min);
+            targets.push(Target {
+                what,
+                goal,
+                measured,
+                holds,
+            });
+        }
         let r = self.memory_ratio();
         targets.push(Target {
             what: "memory per stored session vs tower-sessions",
@@ -489,16 +724,31 @@ impl Report {
     }
 
     /// `summary: counter_vs_tower=R1 counter_vs_bare=R2 lazy_vs_bare=R3 bigsession_bytes_vs_tower=R4`
+    /// followed by `peek_vs_bare`, `redis_counter_vs_tower`, `bigsession_vs_counter` and the
+    /// wrk mode's `wrk_*` ratios (`NA` when not measured).
     pub fn summary(&self) -> String {
         let fmt = |r: Option<f64>, digits: usize| {
             r.map_or_else(|| "NA".to_owned(), |r| format!("{r:.digits$}"))
         };
+        let wrk_big = self.wrk.as_ref().and_then(WrkResults::big_vs_small);
         format!(
-            "summary: counter_vs_tower={} counter_vs_bare={} lazy_vs_bare={} bigsession_bytes_vs_tower={}",
+            "summary: counter_vs_tower={} counter_vs_bare={} lazy_vs_bare={} bigsession_bytes_vs_tower={} \
+             peek_vs_bare={} redis_counter_vs_tower={} bigsession_vs_counter={} \
+             wrk_counter_vs_tower={} wrk_counter_vs_bare={} wrk_lazy_vs_bare={} wrk_peek_vs_bare={} \
+             wrk_redis_counter_vs_tower={} wrk_bigsession_vs_counter={}",
             fmt(self.rps_ratio(Scenario::Counter, Variant::OursMem, Variant::TowerMem), 2),
             fmt(self.rps_ratio(Scenario::Counter, Variant::OursMem, Variant::Bare), 2),
             fmt(self.rps_ratio(Scenario::Lazy, Variant::OursMem, Variant::Bare), 2),
             fmt(self.bytes_ratio(Scenario::BigSession, Variant::OursRedis, Variant::TowerRedis), 6),
+            fmt(self.rps_ratio(Scenario::ReadOnly, Variant::OursMem, Variant::Bare), 2),
+            fmt(self.rps_ratio(Scenario::Counter, Variant::OursRedis, Variant::TowerRedis), 2),
+            fmt(self.big_vs_counter(), 2),
+            fmt(self.wrk_ratio(Scenario::Counter, Variant::OursMem, Variant::TowerMem), 2),
+            fmt(self.wrk_ratio(Scenario::Counter, Variant::OursMem, Variant::Bare), 2),
+            fmt(self.wrk_ratio(Scenario::Lazy, Variant::OursMem, Variant::Bare), 2),
+            fmt(self.wrk_ratio(Scenario::ReadOnly, Variant::OursMem, Variant::Bare), 2),
+            fmt(self.wrk_ratio(Scenario::Counter, Variant::OursRedis, Variant::TowerRedis), 2),
+            fmt(wrk_big, 2),
         )
     }
 }

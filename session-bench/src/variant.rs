@@ -179,6 +179,19 @@ impl Scenario {
         self != Scenario::NewVisitor
     }
 
+    /// The variants the wrk mode runs in this scenario: the five servers where they
+    /// apply (no per-session lock or `max_age` rows, no Redis on the lazy path or for new
+    /// visitors, no bare axum with a large session).
+    pub fn wrk_variants(self) -> Vec<Variant> {
+        let memory = [Variant::Bare, Variant::TowerMem, Variant::OursMem];
+        let redis = [Variant::TowerRedis, Variant::OursRedis];
+        match self {
+            Scenario::Lazy | Scenario::NewVisitor => memory.to_vec(),
+            Scenario::ReadOnly | Scenario::Counter => memory.into_iter().chain(redis).collect(),
+            Scenario::BigSession => vec![Variant::TowerMem, Variant::OursMem],
+        }
+    }
+
     /// The variants this scenario runs. Redis adds nothing to the lazy path (no store call
     /// is made), bare axum has no session to make large, and the per-session lock and the
     /// `max_age` cookie are measured where they matter, on the counter.

@@ -123,6 +123,10 @@ pub(crate) struct CookieLookup {
     /// The id came from an express-session cookie, on a native layer upgrading express
     /// sessions: its record is in the express store, under the id itself.
     pub(crate) legacy: bool,
+    /// The signature of `id` as sent, when the first key verified it: signing `id` again
+    /// would give these very bytes (HMAC is deterministic, the base64 canonical), so a
+    /// response that sends the same id back reuses them instead.
+    pub(crate) signature: Option<[u8; SIG_LEN]>,
 }
 
 impl KeyRing {
@@ -142,6 +146,21 @@ impl KeyRing {
         let sig = self.keys[0].sign(id);
         value.push_str(std::str::from_utf8(&sig).unwrap_or_default());
         value
+    }
+
+    /// The signed cookie value for `id`, reusing the signature the request sent for it if
+    /// the first key verified that one.
+    pub(crate) fn sign_for(&self, id: &SessionId, lookup: &CookieLookup) -> String {
+        match lookup.signature {
+            Some(signature) if lookup.id.as_ref() == Some(id) && !lookup.old_key => {
+                let mut value = String::with_capacity(SIGNED_LEN);
+                value.push_str(id.as_str());
+                value.push('.');
+                value.push_str(std::str::from_utf8(&signature).unwrap_or_default());
+                value
+            }
+            _ => self.sign(id),
+        }
     }
 
     /// The id in a signed cookie value and the index of the key that verified it.
@@ -206,6 +225,12 @@ impl KeyRing {
                 if let Some((id, index)) = self.verify(value) {
                     lookup.id = Some(id);
                     lookup.old_key = index > 0;
+                    if index == 0 {
+                        let signature = Self::shaped(value)
+                            .and_then(|v| v.get(ID_LEN + 1..))
+                            .and_then(|sig| <[u8; SIG_LEN]>::try_from(sig.as_bytes()).ok());
+                        lookup.signature = signature;
+                    }
                     return lookup;
                 }
             }
@@ -274,6 +299,26 @@ mod tests {
         let lookup = rotated.find("sid", [format!("sid={old}").as_bytes()]);
         assert_eq!(lookup.id, Some(id));
         assert!(lookup.old_key);
+    }
+
+    #[test]
+    fn the_request_signature_is_reused_only_for_its_own_id_and_the_current_key() {
+        let id = SessionId::generate().unwrap();
+        let other = SessionId::generate().unwrap();
+        let ring = ring();
+        let current = ring.sign(&id);
+        let lookup = ring.find("sid", [format!("sid=\"{current}\"").as_bytes()]);
+        assert!(lookup.signature.is_some());
+        assert_eq!(ring.sign_for(&id, &lookup), current);
+        assert_eq!(ring.sign_for(&other, &lookup), ring.sign(&other));
+        // Verified only by an older key: signed again with the current one.
+        let mut rotated = KeyRing::new(key(1));
+        rotated.push(key(9));
+        let old = KeyRing::new(key(9)).sign(&id);
+        let lookup = rotated.find("sid", [format!("sid={old}").as_bytes()]);
+        assert_eq!(lookup.signature, None);
+        assert_eq!(rotated.sign_for(&id, &lookup), rotated.sign(&id));
+        assert_ne!(rotated.sign_for(&id, &lookup), old);
     }
 
     #[test]

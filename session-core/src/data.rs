@@ -10,8 +10,13 @@
 //! end of the handler, its JSON encoding differs from the encoding it was loaded with. Only
 //! changed fields are written, so calling `views_mut()` without changing the value writes
 //! nothing.
+//!
+//! Fields are decoded lazily: a view keeps each field's stored encoding (a reference count,
+//! not a copy) and decodes it the first time one of its accessors runs, so a handler that
+//! changes `views` in a session holding a large `cart` never decodes the cart. `data()`
+//! decodes what was not decoded yet, on demand (see [`SessionView::data`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -68,7 +73,10 @@ pub trait SessionView: Send + Sized + 'static {
     /// Returns whether any field changed.
     fn collect(&mut self, out: &mut Fields) -> Result<bool, serde_json::Error>;
 
-    /// The data.
+    /// The data, every field decoded. Fields are decoded lazily, one by one, into the view;
+    /// the whole struct is assembled only when this is called: fields no accessor decoded
+    /// yet are decoded from the store, fields that were changed are re-read through their
+    /// encoding. The result is kept until the view is next changed.
     fn data(&self) -> &Self::Data;
 
     /// The data, by value.
@@ -118,11 +126,159 @@ pub fn decode_field<F: DeserializeOwned>(
     let Some(raw) = pending.get(key).or_else(|| stored.get(key)) else {
         return default();
     };
-    match serde_json::from_str::<F>(raw) {
-        Ok(value) => {
+    match decode_raw(raw, key) {
+        Some(value) => {
             state.baseline = Some(raw.clone());
             value
         }
+        None => default(),
+    }
+}
+
+/// One field of a view, decoded the first time it is read. The view's [`FieldState`] holds
+/// the encoding it is decoded from (its baseline). Used by generated code.
+#[doc(hidden)]
+pub struct LazyField<F> {
+    value: OnceLock<Decoded<F>>,
+}
+
+struct Decoded<F> {
+    value: F,
+    /// The stored encoding did not decode: the value is the default, and the stored value
+    /// is not the baseline to compare against.
+    undecodable: bool,
+}
+
+impl<F> LazyField<F> {
+    /// A field not decoded yet.
+    #[inline]
+    pub const fn new() -> Self {
+        Self {
+            value: OnceLock::new(),
+        }
+    }
+}
+
+impl<F> Default for LazyField<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Starts tracking the field stored under `key` (a pending value wins over the stored one);
+/// nothing is decoded yet. Used by generated code.
+#[doc(hidden)]
+#[inline]
+pub fn load_field(stored: &Fields, pending: &Fields, key: &'static str) -> FieldState {
+    FieldState {
+        touched: false,
+        baseline: pending.get(key).or_else(|| stored.get(key)).cloned(),
+    }
+}
+
+/// The field's value, decoded from `state`'s baseline on first use; a missing or undecodable
+/// field reads as its default. Used by generated code.
+#[doc(hidden)]
+#[inline]
+pub fn lazy_get<'a, F: DeserializeOwned>(
+    field: &'a LazyField<F>,
+    state: &FieldState,
+    key: &'static str,
+    default: fn() -> F,
+) -> &'a F {
+    &field
+        .value
+        .get_or_init(|| decode_lazy(state, key, default))
+        .value
+}
+
+/// The field's value for changing: decoded first if it was not, and the field marked
+/// touched. Used by generated code.
+#[doc(hidden)]
+#[inline]
+pub fn lazy_get_mut<'a, F: Serialize + DeserializeOwned>(
+    field: &'a mut LazyField<F>,
+    state: &mut FieldState,
+    key: &'static str,
+    default: fn() -> F,
+) -> &'a mut F {
+    if field.value.get().is_none() {
+        let _ = field.value.set(decode_lazy(state, key, default));
+    }
+    let Some(decoded) = field.value.get_mut() else {
+        unreachable!("the field was decoded just above")
+    };
+    if decoded.undecodable {
+        // Compare against the default it reads as, not the stored value, which is left alone
+        // unless the field really changes.
+        decoded.undecodable = false;
+        state.baseline = None;
+    }
+    state.touch(&decoded.value);
+    &mut decoded.value
+}
+
+/// Encodes the field into `out` if it was touched and its encoding changed. Used by
+/// generated code.
+#[doc(hidden)]
+#[inline]
+pub fn lazy_collect<F: Serialize>(
+    field: &LazyField<F>,
+    key: &'static str,
+    state: &mut FieldState,
+    out: &mut Fields,
+) -> Result<bool, serde_json::Error> {
+    match field.value.get() {
+        // Only a decoded field can have been touched.
+        Some(decoded) if state.touched => collect_field(&decoded.value, key, state, out),
+        _ => Ok(false),
+    }
+}
+
+/// An owned copy of the field's current value, for [`SessionView::data`]: decoded from the
+/// store if the field was not read, re-read through its encoding if it was touched. Used by
+/// generated code.
+#[doc(hidden)]
+pub fn lazy_snapshot<F: Serialize + DeserializeOwned>(
+    field: &LazyField<F>,
+    state: &FieldState,
+    key: &'static str,
+    default: fn() -> F,
+) -> F {
+    match field.value.get() {
+        Some(decoded) if state.touched => serde_json::to_string(&decoded.value)
+            .ok()
+            .and_then(|encoded| decode_raw(&encoded, key))
+            .unwrap_or_else(default),
+        _ => decode_lazy(state, key, default).value,
+    }
+}
+
+fn decode_lazy<F: DeserializeOwned>(
+    state: &FieldState,
+    key: &'static str,
+    default: fn() -> F,
+) -> Decoded<F> {
+    match state.baseline.as_deref().map(|raw| decode_raw(raw, key)) {
+        Some(Some(value)) => Decoded {
+            value,
+            undecodable: false,
+        },
+        Some(None) => Decoded {
+            value: default(),
+            undecodable: true,
+        },
+        None => Decoded {
+            value: default(),
+            undecodable: false,
+        },
+    }
+}
+
+/// Decodes a stored encoding; `None` (with a warning) when it does not decode.
+fn decode_raw<F: DeserializeOwned>(raw: &str, key: &'static str) -> Option<F> {
+    match serde_json::from_str::<F>(raw) {
+        Ok(value) => Some(value),
         Err(error) => {
             // Not `%error`: serde_json's message quotes a string value in full, which would
             // copy session data (of any size) into the log.
@@ -134,7 +290,7 @@ pub fn decode_field<F: DeserializeOwned>(
                 column = error.column(),
                 "stored session field does not decode; using its default and keeping the stored value until it is written"
             );
-            default()
+            None
         }
     }
 }
@@ -152,29 +308,58 @@ pub fn collect_field<F: Serialize>(
         return Ok(false);
     }
     state.touched = false;
-    let encoded = serde_json::to_string(value)?;
-    if state.baseline.as_deref() == Some(encoded.as_str()) {
-        return Ok(false);
+    // Encoded into a buffer kept per thread: an unchanged field costs no allocation, a changed
+    // one only its `Arc`.
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let encoded: Arc<str> = Arc::from(encoded);
+    let encoded = BUFFER.with(|buffer| {
+        // A value whose `Serialize` itself collects a session field would find the buffer
+        // taken: it gets a buffer of its own.
+        let mut taken = buffer.try_borrow_mut().ok();
+        let mut own = Vec::new();
+        let buffer = taken.as_deref_mut().unwrap_or(&mut own);
+        buffer.clear();
+        serde_json::to_writer(&mut *buffer, value)?;
+        // serde_json writes UTF-8 only.
+        let text = std::str::from_utf8(buffer).map_err(serde::ser::Error::custom)?;
+        let changed = state.baseline.as_deref() != Some(text);
+        let encoded = changed.then(|| Arc::<str>::from(text));
+        if buffer.capacity() > 64 * 1024 {
+            // Do not keep a large value's buffer for the thread's lifetime.
+            *buffer = Vec::new();
+        }
+        Ok::<_, serde_json::Error>(encoded)
+    })?;
+    let Some(encoded) = encoded else {
+        return Ok(false);
+    };
     state.baseline = Some(encoded.clone());
     out.insert(field_name(key), encoded);
     Ok(true)
 }
 
 /// One shared `Arc<str>` per field name and thread, so stored records share their field
-/// names instead of each holding copies.
+/// names instead of each holding copies. Looked up by the name's address (a struct has few
+/// fields, and they are `'static` literals): no hashing of the name on every write.
 fn field_name(key: &'static str) -> Arc<str> {
+    /// Names kept per thread at most; past that (many structs with many fields) a name is
+    /// allocated per write, as it would be without sharing.
+    const MAX_NAMES: usize = 256;
     thread_local! {
-        static NAMES: std::cell::RefCell<std::collections::HashMap<&'static str, Arc<str>>> =
-            std::cell::RefCell::default();
+        static NAMES: std::cell::RefCell<Vec<(&'static str, Arc<str>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
     }
     NAMES.with(|names| {
-        names
-            .borrow_mut()
-            .entry(key)
-            .or_insert_with(|| Arc::from(key))
-            .clone()
+        let mut names = names.borrow_mut();
+        if let Some((_, name)) = names.iter().find(|(known, _)| std::ptr::eq(*known, key)) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(key);
+        if names.len() < MAX_NAMES {
+            names.push((key, name.clone()));
+        }
+        name
     })
 }
 

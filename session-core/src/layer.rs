@@ -535,7 +535,7 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
                     }
                 }
                 _ => {
-                    let value = state.config.codec.sign(&id);
+                    let value = state.signed_token(&id);
                     if cookie {
                         append_cookie(
                             &mut response,
@@ -679,19 +679,24 @@ fn append_cookie(
     if let Some(domain) = &config.domain {
         cookie = cookie.domain(domain.as_str());
     }
+    let mut expires = None;
     if let Some(max_age) = max_age {
         // Whole seconds, rounded up: a 500 ms lifetime is `Max-Age=1`, not a deleting 0.
         let whole = max_age.as_secs() + u64::from(max_age.subsec_nanos() > 0);
         let seconds = i64::try_from(whole).unwrap_or(i64::MAX / 2);
-        let age = cookie::time::Duration::seconds(seconds);
-        let expires = if seconds == 0 {
-            OffsetDateTime::UNIX_EPOCH
-        } else {
-            OffsetDateTime::now_utc().saturating_add(age)
-        };
-        cookie = cookie.max_age(age).expires(expires);
+        cookie = cookie.max_age(cookie::time::Duration::seconds(seconds));
+        expires = Some(seconds);
     }
     let mut rendered = cookie.build().to_string();
+    // `Expires` comes last, as the `cookie` crate writes it; formatted once per second.
+    if let Some(seconds) = expires {
+        rendered.push_str("; Expires=");
+        if seconds == 0 {
+            rendered.push_str("Thu, 01 Jan 1970 00:00:00 GMT");
+        } else {
+            push_expires(&mut rendered, seconds);
+        }
+    }
     // The `cookie` crate does not know `Priority`.
     if let Some(priority) = config.priority {
         rendered.push_str(match priority {
@@ -706,6 +711,49 @@ fn append_cookie(
         }
         Err(error) => tracing::error!(%error, "session cookie is not a valid header value"),
     }
+}
+
+/// Appends the HTTP date `seconds` from now (`Wed, 02 Dec 2026 13:20:00 GMT`, as the
+/// `cookie` crate formats `Expires`). The last date formatted is kept per thread, keyed by
+/// the second it names, so a busy server formats it about once per second and lifetime.
+fn push_expires(out: &mut String, seconds: i64) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = OffsetDateTime::now_utc();
+    let at = now.unix_timestamp().saturating_add(seconds);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != at {
+            let time = now.saturating_add(cookie::time::Duration::seconds(seconds));
+            last.1.clear();
+            let _ = write_http_date(&mut last.1, time);
+            last.0 = at;
+        }
+        out.push_str(&last.1);
+    });
+}
+
+/// `time` as an IMF-fixdate (RFC 9110), in UTC.
+fn write_http_date(out: &mut String, time: OffsetDateTime) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let time = time.to_offset(cookie::time::UtcOffset::UTC);
+    write!(
+        out,
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        WEEKDAYS[usize::from(time.weekday().number_days_from_monday())],
+        time.day(),
+        MONTHS[usize::from(u8::from(time.month())) - 1],
+        time.year(),
+        time.hour(),
+        time.minute(),
+        time.second()
+    )
 }
 
 pub(crate) fn error_response(config: &Config, error: &SessionError) -> Response {
@@ -727,7 +775,21 @@ pub(crate) fn error_response(config: &Config, error: &SessionError) -> Response 
 
 #[cfg(test)]
 mod tests {
-    use super::path_matches;
+    use super::{path_matches, write_http_date, OffsetDateTime};
+
+    #[test]
+    fn expires_is_formatted_as_the_cookie_crate_does() {
+        for unix in [0, 951_782_400, 1_796_220_000, 4_102_444_799] {
+            let time = OffsetDateTime::from_unix_timestamp(unix).unwrap();
+            let mut ours = String::new();
+            write_http_date(&mut ours, time).unwrap();
+            let theirs = cookie::Cookie::build(("a", "b"))
+                .expires(time)
+                .build()
+                .to_string();
+            assert_eq!(theirs, format!("a=b; Expires={ours}"));
+        }
+    }
 
     #[test]
     fn cookie_path_matches_like_a_browser() {

@@ -181,7 +181,8 @@ pub use session_derive::Session;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::data::{
-        assert_field, collect_field, decode_field, FieldState, SessionData, SessionView,
+        assert_field, collect_field, decode_field, lazy_collect, lazy_get, lazy_get_mut,
+        lazy_snapshot, load_field, FieldState, LazyField, SessionData, SessionView,
     };
     pub use crate::index::{Index, IndexedField};
     pub use crate::record::Fields;

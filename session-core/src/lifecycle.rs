@@ -218,10 +218,12 @@ impl RequestState {
 
     /// A span that names the session by its short id, for the layer's work on it.
     pub(crate) fn span(&self) -> tracing::Span {
-        let inner = self.lock();
+        let mut inner = self.lock();
         match (inner.id, inner.lookup.id) {
             (Some(id), _) | (None, Some(id)) => {
-                tracing::info_span!("session", session = %ShortId::of(&id.store_key()))
+                // The key hashed for the store calls, not a second SHA-256 of the same id.
+                let key = self.store_key_of(&mut inner, id);
+                tracing::info_span!("session", session = %ShortId::of(&key))
             }
             (None, None) => tracing::info_span!("session", session = "new"),
         }
@@ -394,6 +396,13 @@ impl RequestState {
     pub(crate) fn legacy_id(&self) -> Option<SessionId> {
         let inner = self.lock();
         inner.lookup.id.filter(|_| inner.lookup.legacy)
+    }
+
+    /// The signed token for `id`: the request's own when it named this id and the first key
+    /// verified it (no HMAC needed), a fresh signature otherwise.
+    pub(crate) fn signed_token(&self, id: &SessionId) -> String {
+        let lookup = self.lock().lookup;
+        self.config.codec.sign_for(id, &lookup)
     }
 
     /// Whether the request carried a session token, valid or not.
@@ -1102,6 +1111,23 @@ impl Inner {
     /// silently, so the request fails, naming the key and both structs. Which view changed a
     /// key is only remembered while `others_live`: a view handed out later sees the change.
     fn collect<V: SessionView>(&mut self, view: &mut V, seen: u64, others_live: bool) {
+        // The usual lone view: no other view's change to conflict with, none to record, nothing
+        // pending to keep apart; its changes go straight into `pending`.
+        if !others_live && self.changed_by.is_empty() && self.pending.is_empty() {
+            match view.collect(&mut self.pending) {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.check_ins += 1;
+                    self.modified = true;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "a session field failed to encode");
+                    self.pending.clear();
+                    self.encode_error = Some(error);
+                }
+            }
+            return;
+        }
         let mut changes = Fields::new();
         match view.collect(&mut changes) {
             Ok(false) => return,

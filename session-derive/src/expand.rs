@@ -2,14 +2,16 @@
 //!
 //! For `struct Visit { views: u32, .. }` the derive emits, next to the struct:
 //!
-//! - `__Visit_SessionView`: the data plus one `FieldState` per field. It stays outside the
-//!   `const _` block because `SessionData::View` names it from the user's module.
+//! - `__Visit_SessionView`: one `FieldState` (the stored encoding) and one `LazyField` (the
+//!   value, decoded on first use) per field, and the whole struct, assembled only if `data()`
+//!   is called. It stays outside the `const _` block because `SessionData::View` names it from
+//!   the user's module.
 //! - a `const _: () = { .. };` block with
 //!   - per field, a constant `__SESSION_FIELD_i` holding the field's runtime functions
-//!     (its default, `decode_field`, `collect_field`, `FieldState::touch`), built after the
-//!     field's `assert_field` check and spanned on the field's type. It is the one body that
-//!     needs the type's traits, and rustc reports a missing impl once per body and span, so
-//!     the user sees one error, at the field;
+//!     (its default, `lazy_get`, `lazy_get_mut`, `lazy_collect`, `lazy_snapshot`), built
+//!     after the field's `assert_field` check and spanned on the field's type. It is the one
+//!     body that needs the type's traits, and rustc reports a missing impl once per body and
+//!     span, so the user sees one error, at the field;
 //!   - the `SessionData` and `SessionView` impls, which only call those functions;
 //!   - the inherent accessors `views()`, `views_mut()` and `set_views()`.
 //!
@@ -53,7 +55,6 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
 
     let stored = Ident::new("stored", Span::mixed_site());
     let pending = Ident::new("pending", Span::mixed_site());
-    let states = Ident::new("states", Span::mixed_site());
     let out = Ident::new("out", Span::mixed_site());
 
     let keys: Vec<LitStr> = fields
@@ -76,20 +77,30 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
         quote! {
             struct __SessionFieldFns<F> {
                 default: fn() -> F,
-                decode: fn(
-                    &#private::Fields,
-                    &#private::Fields,
+                get: for<'a> fn(
+                    &'a #private::LazyField<F>,
+                    &#private::FieldState,
                     &'static str,
-                    &mut #private::FieldState,
                     fn() -> F,
-                ) -> F,
+                ) -> &'a F,
+                get_mut: for<'a> fn(
+                    &'a mut #private::LazyField<F>,
+                    &mut #private::FieldState,
+                    &'static str,
+                    fn() -> F,
+                ) -> &'a mut F,
                 collect: fn(
-                    &F,
+                    &#private::LazyField<F>,
                     &'static str,
                     &mut #private::FieldState,
                     &mut #private::Fields,
                 ) -> ::core::result::Result<bool, #private::EncodeError>,
-                touch: fn(&mut #private::FieldState, &F),
+                snapshot: fn(
+                    &#private::LazyField<F>,
+                    &#private::FieldState,
+                    &'static str,
+                    fn() -> F,
+                ) -> F,
             }
         }
     });
@@ -98,33 +109,57 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
         .enumerate()
         .map(|(index, field)| field_fns(&private, index, field));
 
-    let decoded = fields
+    let loaded = keys
+        .iter()
+        .map(|key| quote!(#private::load_field(#stored, #pending, #key)));
+    let lazies = fields.iter().map(|field| {
+        let ty = &field.ty;
+        quote!(#private::LazyField<#ty>)
+    });
+    let fresh_values: Vec<TokenStream> = fields
+        .iter()
+        .map(|_| quote!(#private::LazyField::new()))
+        .collect();
+    // The field types must be `Send` for the view to be; stated per field, higher-ranked as
+    // the struct's own bound is, so a field that is not `Send` is reported once, at the field.
+    let send_bounds: Vec<TokenStream> = fields
+        .iter()
+        .map(|field| {
+            let ty = &field.ty;
+            quote!(for<'__session> #ty: ::core::marker::Send,)
+        })
+        .collect();
+
+    let field_names: Vec<&Ident> = fields.iter().map(|field| field.ident).collect();
+    let snapshots = fields
         .iter()
         .zip(&keys)
         .enumerate()
         .map(|(index, (field, key))| {
             let name = field.ident;
             let fns = fns_ident(index);
+            let position = syn::Index::from(index);
             let index = Literal::usize_unsuffixed(index);
             quote! {
-                #name: (#fns.decode)(#stored, #pending, #key, &mut #states[#index], #fns.default)
+                #name: (#fns.snapshot)(&self.__values.#position, &self.__fields[#index], #key, #fns.default)
             }
-        });
+        })
+        .collect::<Vec<_>>();
 
     let collected = fields
         .iter()
         .zip(&keys)
         .enumerate()
-        .map(|(index, (field, key))| {
-            let name = field.ident;
+        .map(|(index, (_, key))| {
             let fns = fns_ident(index);
+            let position = syn::Index::from(index);
             let index = Literal::usize_unsuffixed(index);
             quote! {
-                (#fns.collect)(&self.__data.#name, #key, &mut self.__fields[#index], #out)?
+                (#fns.collect)(&self.__values.#position, #key, &mut self.__fields[#index], #out)?
             }
         });
 
-    let accessors = accessors(input, fields);
+    let accessors = accessors(input, fields, &keys);
     let registration = registration(input, fields, &keys);
     let indexes = indexes(input, fields, &keys);
 
@@ -135,7 +170,8 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
         #[allow(non_camel_case_types)]
         #vis struct #view {
             __fields: [#private::FieldState; #count],
-            __data: #ident,
+            __values: (#(#lazies,)*),
+            __data: ::std::sync::OnceLock<#ident>,
         }
 
         const _: () = {
@@ -148,6 +184,7 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
             impl #private::SessionData for #ident
             where
                 for<'__session> #ident: ::core::marker::Send,
+                #(#send_bounds)*
             {
                 type View = #view;
             }
@@ -156,6 +193,7 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
             impl #private::SessionView for #view
             where
                 for<'__session> #ident: ::core::marker::Send,
+                #(#send_bounds)*
             {
                 type Data = #ident;
 
@@ -164,14 +202,19 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
                 const FLASH: &'static [&'static str] = &[#(#flash),*];
 
                 fn decode(#stored: &#private::Fields, #pending: &#private::Fields) -> Self {
-                    let mut #states = [#private::FieldState::NEW; #count];
-                    let data = #ident { #(#decoded,)* };
-                    Self { __data: data, __fields: #states }
+                    Self {
+                        __fields: [#(#loaded),*],
+                        __values: (#(#fresh_values,)*),
+                        __data: ::std::sync::OnceLock::new(),
+                    }
                 }
 
                 fn fresh() -> Self {
-                    let #stored = #private::Fields::new();
-                    <Self as #private::SessionView>::decode(&#stored, &#stored)
+                    Self {
+                        __fields: [#private::FieldState::NEW; #count],
+                        __values: (#(#fresh_values,)*),
+                        __data: ::std::sync::OnceLock::new(),
+                    }
                 }
 
                 fn collect(
@@ -183,11 +226,18 @@ pub(crate) fn session(input: &Input, fields: &[Field]) -> TokenStream {
                 }
 
                 fn data(&self) -> &#ident {
-                    &self.__data
+                    let data = self.__data.get_or_init(|| #ident { #(#snapshots,)* });
+                    // The struct's fields are read through `data()` only: say so, so that a
+                    // struct whose app never calls it gets no "field is never read" warning.
+                    let _ = (#(&data.#field_names,)*);
+                    data
                 }
 
-                fn into_data(self) -> #ident {
-                    self.__data
+                fn into_data(mut self) -> #ident {
+                    match self.__data.take() {
+                        ::core::option::Option::Some(data) => data,
+                        ::core::option::Option::None => #ident { #(#snapshots,)* },
+                    }
                 }
             }
 
@@ -324,9 +374,10 @@ fn field_fns(private: &TokenStream, index: usize, field: &Field) -> TokenStream 
             #private::assert_field::<#ty>();
             __SessionFieldFns {
                 default: #default,
-                decode: #private::decode_field::<#ty>,
-                collect: #private::collect_field::<#ty>,
-                touch: #private::FieldState::touch::<#ty>,
+                get: #private::lazy_get::<#ty>,
+                get_mut: #private::lazy_get_mut::<#ty>,
+                collect: #private::lazy_collect::<#ty>,
+                snapshot: #private::lazy_snapshot::<#ty>,
             }
         };
     }
@@ -339,7 +390,7 @@ fn fns_ident(index: usize) -> Ident {
 }
 
 /// `name()`, `name_mut()` and `set_name()` for every field, with the field's visibility.
-fn accessors(input: &Input, fields: &[Field]) -> TokenStream {
+fn accessors(input: &Input, fields: &[Field], keys: &[LitStr]) -> TokenStream {
     let mut emitted = HashSet::new();
     let mut tokens = TokenStream::new();
     for (index, field) in fields.iter().enumerate() {
@@ -347,6 +398,8 @@ fn accessors(input: &Input, fields: &[Field]) -> TokenStream {
         let name = field.ident;
         let ty = &field.ty;
         let fns = fns_ident(index);
+        let key = &keys[index];
+        let position = syn::Index::from(index);
         let index = Literal::usize_unsuffixed(index);
         let stem = &field.name;
         let stored_as = match (&field.attrs.rename, &input.attrs.namespace) {
@@ -382,7 +435,7 @@ fn accessors(input: &Input, fields: &[Field]) -> TokenStream {
                         #(#field_docs)*
                         #[inline]
                         #vis fn #name(&self) -> &#ty {
-                            &self.__data.#name
+                            (#fns.get)(&self.__values.#position, &self.__fields[#index], #key, #fns.default)
                         }
                     }
                 }
@@ -396,8 +449,9 @@ fn accessors(input: &Input, fields: &[Field]) -> TokenStream {
                         #[doc = #doc]
                         #[inline]
                         #vis fn #method(&mut self) -> &mut #ty {
-                            (#fns.touch)(&mut self.__fields[#index], &self.__data.#name);
-                            &mut self.__data.#name
+                            // A snapshot `data()` made is out of date once the field can change.
+                            self.__data.take();
+                            (#fns.get_mut)(&mut self.__values.#position, &mut self.__fields[#index], #key, #fns.default)
                         }
                     }
                 }
@@ -411,8 +465,8 @@ fn accessors(input: &Input, fields: &[Field]) -> TokenStream {
                         #[doc = #doc]
                         #[inline]
                         #vis fn #method(&mut self, value: #ty) {
-                            (#fns.touch)(&mut self.__fields[#index], &self.__data.#name);
-                            self.__data.#name = value;
+                            self.__data.take();
+                            *(#fns.get_mut)(&mut self.__values.#position, &mut self.__fields[#index], #key, #fns.default) = value;
                         }
                     }
                 }

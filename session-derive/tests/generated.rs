@@ -244,3 +244,77 @@ fn struct_without_fields_has_no_keys_and_collects_nothing() {
     assert!(!view.collect(&mut out).expect("encodes"));
     assert!(out.is_empty());
 }
+
+/// A cart item that counts how often any of its kind is decoded.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+struct CountedItem(String);
+
+static ITEM_DECODES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl<'de> Deserialize<'de> for CountedItem {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        ITEM_DECODES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        String::deserialize(deserializer).map(CountedItem)
+    }
+}
+
+#[derive(Session)]
+struct BigVisit {
+    views: u32,
+    cart: Vec<CountedItem>,
+}
+
+type BigView = <BigVisit as SessionData>::View;
+
+fn item_decodes() -> usize {
+    ITEM_DECODES.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+// The one test that decodes `CountedItem`s, so the count is not shared between threads.
+#[test]
+fn fields_decode_on_first_read_only_and_data_follows_changes() {
+    let stored = fields(&[("views", "3"), ("cart", r#"["a","b"]"#)]);
+    let mut view = BigView::decode(&stored, &Fields::new());
+    *view.views_mut() += 1;
+    let mut out = Fields::new();
+    assert!(view.collect(&mut out).unwrap());
+    assert_eq!(out.get("views").map(|v| &**v), Some("4"));
+    assert!(!out.contains_key("cart"));
+    assert_eq!(item_decodes(), 0, "changing `views` decoded the cart");
+
+    // The first read decodes, later reads do not.
+    assert_eq!(view.cart().len(), 2);
+    assert_eq!(item_decodes(), 2);
+    assert_eq!(view.cart()[1], CountedItem("b".to_owned()));
+    assert_eq!(item_decodes(), 2);
+
+    // `data()` shows the current values, changed ones included, and follows later changes.
+    view.set_views(7);
+    view.cart_mut().push(CountedItem("c".to_owned()));
+    assert_eq!(view.data().views, 7);
+    assert_eq!(view.data().cart.len(), 3);
+    view.set_views(8);
+    assert_eq!(view.data().views, 8);
+    let mut out = Fields::new();
+    assert!(view.collect(&mut out).unwrap());
+    assert_eq!(out.get("cart").map(|v| &**v), Some(r#"["a","b","c"]"#));
+    assert_eq!(view.data().views, 8);
+}
+
+#[test]
+fn data_decodes_fields_never_read() {
+    let view = decode(&[("views", "5"), ("items", r#"["tea"]"#)]);
+    assert_eq!(view.data().views, 5);
+    assert_eq!(view.data().cart, ["tea"]);
+    assert_eq!(view.data().theme, "light");
+}
+
+#[test]
+fn undecodable_field_set_to_its_default_keeps_the_stored_value() {
+    let mut view = decode(&[("views", r#""not a number""#)]);
+    view.set_views(0);
+    assert_eq!(collect(&mut view), pairs(&[]));
+    let mut view = decode(&[("views", r#""not a number""#)]);
+    view.set_views(2);
+    assert_eq!(collect(&mut view), pairs(&[("views", "2")]));
+}

@@ -80,6 +80,15 @@ impl TokenCodec {
         }
     }
 
+    /// The token for `id`, reusing the request's own signature when it verified `id` with the
+    /// first native key (see [`KeyRing::sign_for`]).
+    pub(crate) fn sign_for(&self, id: &SessionId, lookup: &CookieLookup) -> String {
+        match self {
+            Self::Native(ring) if !lookup.legacy => ring.sign_for(id, lookup),
+            _ => self.sign(id),
+        }
+    }
+
     /// The id of a token and the index of the key that verified it.
     pub(crate) fn verify(&self, token: &str) -> Option<(SessionId, usize)> {
         match self {
