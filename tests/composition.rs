@@ -15,14 +15,18 @@ use common::{get as get_req, send, Client, RecordingStore};
 use session_core::store::MemoryStore;
 use session_core::{Session, SessionLayer, Store};
 
-/// Who is logged in: shares the key `user` with `Shop` on purpose (no namespace).
+/// Who is logged in: shares its key with `Shop` on purpose (no namespace).
 #[derive(Session)]
 struct Auth {
+    // Not `user`: the counter app in this test binary stores a `User` there.
+    #[session(rename = "login")]
     user: Option<String>,
 }
 
 #[derive(Session)]
 struct Shop {
+    // Not `user`: the counter app in this test binary stores a `User` there.
+    #[session(rename = "login")]
     user: Option<String>,
     views: u32,
     cart: Vec<String>,

@@ -97,6 +97,7 @@ fn lock_on_a_store_without_locks_is_a_configuration_error() {
         }
     }
     let error = SessionLayer::new(NoLocks(MemoryStore::new()), common::key())
+        .without_indexes()
         .with_session_lock(Duration::from_secs(1))
         .check()
         .unwrap_err();

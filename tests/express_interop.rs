@@ -483,12 +483,18 @@ async fn after_the_migration_a_login_reissues_an_express_session_natively() {
     assert_eq!(jar.get(&native_url("/me")).await.body, "user: ada");
     assert_eq!(jar.get(&native_url("/")).await.body, "You visited 3 times");
     let mut redis = connection.clone();
-    let native_keys: Vec<String> = redis::cmd("KEYS")
+    let all_keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{native_prefix}*"))
         .query_async(&mut redis)
         .await
         .unwrap();
+    // The session, and the index entry of its (indexed) user.
+    let index_prefix = format!("{native_prefix}index:");
+    let (index_keys, native_keys): (Vec<String>, Vec<String>) = all_keys
+        .into_iter()
+        .partition(|key| key.starts_with(&index_prefix));
     assert_eq!(native_keys.len(), 1, "{native_keys:?}");
+    assert_eq!(index_keys.len(), 1, "{index_keys:?}");
     let hashed = native_keys[0].trim_start_matches(native_prefix.as_str());
     assert_eq!(hashed.len(), 64);
     assert!(!hashed.contains(&express_id));

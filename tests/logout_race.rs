@@ -28,6 +28,8 @@ use tokio::sync::Notify;
 
 #[derive(Session)]
 struct Visit {
+    // Not `user`: the counter app in this test binary stores a `User` there.
+    #[session(rename = "login")]
     user: Option<String>,
     views: u32,
     cart: Vec<String>,

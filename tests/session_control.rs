@@ -24,6 +24,8 @@ use typed_sessions::counter;
 
 #[derive(Session)]
 struct Visit {
+    // Not `user`: the counter app in this test binary stores a `User` there.
+    #[session(rename = "login")]
     user: Option<String>,
     views: u32,
 }

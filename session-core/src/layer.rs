@@ -99,6 +99,8 @@ impl SessionLayer {
         let mut config = Config::new(store, codec);
         config.cookie_name = "connect.sid".to_owned();
         config.absolute_timeout = None;
+        // express's stores keep no index of this library's.
+        config.indexed = Arc::from([]);
         Self {
             config: Arc::new(config),
         }
