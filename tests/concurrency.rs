@@ -58,45 +58,7 @@ async fn lock_wait_that_runs_out_gives_the_error_status() {
 
 #[test]
 fn lock_on_a_store_without_locks_is_a_configuration_error() {
-    struct NoLocks(MemoryStore);
-    #[async_trait::async_trait]
-    impl Store for NoLocks {
-        async fn load(
-            &self,
-            key: &session_core::StoreKey,
-        ) -> Result<Option<session_core::Record>, session_core::StoreError> {
-            self.0.load(key).await
-        }
-        async fn create(
-            &self,
-            key: &session_core::StoreKey,
-            record: &session_core::Record,
-        ) -> Result<bool, session_core::StoreError> {
-            self.0.create(key, record).await
-        }
-        async fn save(
-            &self,
-            key: &session_core::StoreKey,
-            record: &session_core::Record,
-            mode: session_core::SaveMode,
-        ) -> Result<bool, session_core::StoreError> {
-            self.0.save(key, record, mode).await
-        }
-        async fn touch(
-            &self,
-            key: &session_core::StoreKey,
-            at: session_core::Timestamp,
-        ) -> Result<bool, session_core::StoreError> {
-            self.0.touch(key, at).await
-        }
-        async fn delete(
-            &self,
-            key: &session_core::StoreKey,
-        ) -> Result<(), session_core::StoreError> {
-            self.0.delete(key).await
-        }
-    }
-    let error = SessionLayer::new(NoLocks(MemoryStore::new()), common::key())
+    let error = SessionLayer::new(common::BareStore::default(), common::key())
         .without_indexes()
         .with_session_lock(Duration::from_secs(1))
         .check()

@@ -377,7 +377,7 @@ async fn a_cache_never_serves_a_session_its_own_instance_revoked() {
 /// layer is told to keep none.
 #[test]
 fn a_store_without_indexes_is_refused_at_check() {
-    let store: Arc<dyn Store> = Arc::new(NoIndexes(session_core::store::MemoryStore::new()));
+    let store: Arc<dyn Store> = Arc::new(common::BareStore::default());
     let error = SessionLayer::from_arc(store.clone(), common::key())
         .check()
         .unwrap_err();
@@ -389,42 +389,4 @@ fn a_store_without_indexes_is_refused_at_check() {
         .without_indexes()
         .check()
         .is_ok());
-}
-
-/// A store that keeps sessions but no indexes, as a third-party store might.
-struct NoIndexes(session_core::store::MemoryStore);
-
-#[async_trait::async_trait]
-impl Store for NoIndexes {
-    async fn load(
-        &self,
-        key: &session_core::StoreKey,
-    ) -> Result<Option<session_core::Record>, session_core::StoreError> {
-        self.0.load(key).await
-    }
-    async fn create(
-        &self,
-        key: &session_core::StoreKey,
-        record: &session_core::Record,
-    ) -> Result<bool, session_core::StoreError> {
-        self.0.create(key, record).await
-    }
-    async fn save(
-        &self,
-        key: &session_core::StoreKey,
-        record: &session_core::Record,
-        mode: session_core::SaveMode,
-    ) -> Result<bool, session_core::StoreError> {
-        self.0.save(key, record, mode).await
-    }
-    async fn touch(
-        &self,
-        key: &session_core::StoreKey,
-        expires_at: session_core::Timestamp,
-    ) -> Result<bool, session_core::StoreError> {
-        self.0.touch(key, expires_at).await
-    }
-    async fn delete(&self, key: &session_core::StoreKey) -> Result<(), session_core::StoreError> {
-        self.0.delete(key).await
-    }
 }

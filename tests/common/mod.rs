@@ -120,6 +120,35 @@ impl Store for RecordingStore {
     }
 }
 
+/// A store of an app's own, as a third party might write it: the memory store behind only
+/// the five required methods, so no locks and no indexes.
+#[derive(Clone, Default)]
+pub struct BareStore(pub MemoryStore);
+
+#[async_trait]
+impl Store for BareStore {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.0.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<bool, StoreError> {
+        self.0.create(key, record).await
+    }
+    async fn save(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        mode: SaveMode,
+    ) -> Result<bool, StoreError> {
+        self.0.save(key, record, mode).await
+    }
+    async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
+        self.0.touch(key, expires_at).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
+        self.0.delete(key).await
+    }
+}
+
 /// The store key of the session named by a `sid=ID.SIG` cookie pair.
 pub fn store_key_of(pair: &str) -> StoreKey {
     let value = pair.split_once('=').map_or(pair, |(_, value)| value);
