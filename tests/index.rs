@@ -391,3 +391,46 @@ fn a_store_without_indexes_is_refused_at_check() {
         .check()
         .is_ok());
 }
+
+/// One session revoked by its handle, from outside any request: only that one ends, and a
+/// second revocation finds nothing. The listed data is the user's struct, or a chosen one.
+#[tokio::test]
+async fn one_session_is_revoked_by_its_handle() {
+    let layer = layer(Arc::new(session_core::store::MemoryStore::new()));
+    let name = user();
+    let mut kept = logged_in(&layer, &name).await;
+    let mut revoked = logged_in(&layer, &name).await;
+    revoked.post("/cart", "item=tea").await;
+    let index = layer.sessions();
+    // Listed as a struct of the test's own, which shares the counter's `cart` key.
+    let listed = index
+        .list_as::<CartOnly, _, _>(Visit::user_index(), &as_user(&name))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    let with_tea = listed
+        .iter()
+        .find(|s| s.data.cart == ["tea"])
+        .expect("the session with tea is listed");
+    assert!(with_tea.created_at <= with_tea.last_used && with_tea.last_used < with_tea.expires_at);
+    assert!(index.revoke(&with_tea.session).await.unwrap());
+    assert!(
+        !index.revoke(&with_tea.session).await.unwrap(),
+        "already gone"
+    );
+    assert_eq!(revoked.get("/me").await.body, "user: none");
+    assert_eq!(kept.get("/me").await.body, format!("user: {name}"));
+    assert_eq!(
+        index
+            .count(Visit::user_index(), &as_user(&name))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// The part of the counter's session the test above reads.
+#[derive(session_core::Session)]
+struct CartOnly {
+    cart: Vec<String>,
+}
