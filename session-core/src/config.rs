@@ -178,6 +178,45 @@ impl Config {
     }
 
     /// How long an untouched session lives on the server.
+    /// Whether a loaded record may be served: both deadlines are checked here, whatever the
+    /// store and the cookie say.
+    pub(crate) fn is_live(
+        &self,
+        record: &crate::record::Record,
+        now: crate::record::Timestamp,
+    ) -> bool {
+        !record.is_expired(now)
+            && self
+                .absolute_timeout
+                .is_none_or(|absolute| record.created_at.saturating_add(absolute) > now)
+    }
+
+    /// Runs a store call under `limit`, if there is one, and counts it in the metrics. A call
+    /// that answers at once (an in-process store) never sets up a timer.
+    pub(crate) async fn call_within<T>(
+        &self,
+        limit: Option<Duration>,
+        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+    ) -> Result<T, crate::store::StoreError> {
+        use std::task::Poll;
+        let started = std::time::Instant::now();
+        let result = match limit {
+            None => call.await,
+            Some(limit) => {
+                let mut call = std::pin::pin!(call);
+                let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+                match first {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => tokio::time::timeout(limit, call)
+                        .await
+                        .unwrap_or(Err(crate::store::StoreError::Timeout)),
+                }
+            }
+        };
+        self.metrics.store_call(started.elapsed(), result.is_err());
+        result
+    }
+
     pub(crate) fn idle(&self) -> Duration {
         self.idle_timeout.or(self.max_age).unwrap_or(DEFAULT_IDLE)
     }

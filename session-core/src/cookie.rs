@@ -196,47 +196,72 @@ impl KeyRing {
         name: &str,
         headers: impl IntoIterator<Item = &'a [u8]>,
     ) -> CookieLookup {
-        let mut lookup = CookieLookup::default();
-        let mut candidates = 0;
-        for header in headers {
-            for pair in header.split(|b| *b == b';') {
-                let pair = pair.trim_ascii();
-                let Some(eq) = pair.iter().position(|b| *b == b'=') else {
-                    continue;
+        scan_cookies(
+            name,
+            headers,
+            MAX_COOKIE_VALUE,
+            |value| Self::shaped(value).is_some(),
+            |value, lookup| {
+                let Some((id, index)) = self.verify(value) else {
+                    return false;
                 };
-                if pair[..eq].trim_ascii() != name.as_bytes() {
-                    continue;
+                lookup.id = Some(id);
+                lookup.old_key = index > 0;
+                if index == 0 {
+                    lookup.signature = Self::shaped(value)
+                        .and_then(|v| v.get(ID_LEN + 1..))
+                        .and_then(|sig| <[u8; SIG_LEN]>::try_from(sig.as_bytes()).ok());
                 }
-                lookup.present = true;
-                let value = pair[eq + 1..].trim_ascii();
-                if value.len() > MAX_COOKIE_VALUE {
-                    continue;
-                }
-                let Ok(value) = std::str::from_utf8(value) else {
-                    continue;
-                };
-                if Self::shaped(value).is_none() {
-                    continue;
-                }
-                if candidates == MAX_CANDIDATES {
-                    return lookup;
-                }
-                candidates += 1;
-                if let Some((id, index)) = self.verify(value) {
-                    lookup.id = Some(id);
-                    lookup.old_key = index > 0;
-                    if index == 0 {
-                        let signature = Self::shaped(value)
-                            .and_then(|v| v.get(ID_LEN + 1..))
-                            .and_then(|sig| <[u8; SIG_LEN]>::try_from(sig.as_bytes()).ok());
-                        lookup.signature = signature;
-                    }
-                    return lookup;
-                }
+                true
+            },
+        )
+    }
+}
+
+/// Scans `Cookie` header values for the cookie called `name`, for every token codec.
+/// Duplicates are tried in order: values over `max_len` bytes, not UTF-8, or not `shaped` as
+/// a token are skipped; the others are handed to `verify` (which fills `lookup` and says
+/// whether it verified) until one does, and at most [`MAX_CANDIDATES`] of them, so a header
+/// stuffed with candidates costs a few MACs at most.
+pub(crate) fn scan_cookies<'a>(
+    name: &str,
+    headers: impl IntoIterator<Item = &'a [u8]>,
+    max_len: usize,
+    shaped: impl Fn(&str) -> bool,
+    mut verify: impl FnMut(&str, &mut CookieLookup) -> bool,
+) -> CookieLookup {
+    let mut lookup = CookieLookup::default();
+    let mut candidates = 0;
+    for header in headers {
+        for pair in header.split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            if pair[..eq].trim_ascii() != name.as_bytes() {
+                continue;
+            }
+            lookup.present = true;
+            let value = pair[eq + 1..].trim_ascii();
+            if value.len() > max_len {
+                continue;
+            }
+            let Ok(value) = std::str::from_utf8(value) else {
+                continue;
+            };
+            if !shaped(value) {
+                continue;
+            }
+            if candidates == MAX_CANDIDATES {
+                return lookup;
+            }
+            candidates += 1;
+            if verify(value, &mut lookup) {
+                return lookup;
             }
         }
-        lookup
     }
+    lookup
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@
 //!     .route("/sign-out-others", post(sign_out_others))
 //!     .layer(layer);
 //! for session in sessions.list(Auth::user_id_index(), &42).await? {
-//!     println!("{:?} last used {:?}", session.session, session.last_used);
+//!     tracing::info!(session = %session.session, last_used = ?session.last_used, "signed in");
 //! }
 //! sessions.revoke_all(Auth::user_id_index(), &42).await?;
 //! # let _ = app;
@@ -62,7 +62,7 @@
 //! - Handles ([`SessionRef`]) name a session by its store key, a hash of its id: they cannot
 //!   be turned into a cookie.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -76,7 +76,7 @@ use crate::data::{SessionData, SessionView};
 use crate::error::SessionError;
 use crate::events::ShortId;
 use crate::id::StoreKey;
-use crate::lifecycle::{RequestState, MAX_AGE_FIELD};
+use crate::lifecycle::{stored_max_age, RequestState};
 use crate::record::{Fields, Record, Timestamp};
 use crate::store::StoreError;
 
@@ -428,12 +428,12 @@ impl SessionIndex {
                 .saturating_sub(u64::try_from(PRUNE_GRACE.as_millis()).unwrap_or(u64::MAX)),
         );
         let mut live = Vec::with_capacity(members.len());
-        let mut seen = HashMap::with_capacity(members.len());
+        let mut seen = HashSet::with_capacity(members.len());
         for (member, record) in members.into_iter().zip(records) {
             match record {
-                Some(record) if self.is_live(&record, now) && entry.held_by(&record) => {
+                Some(record) if self.config.is_live(&record, now) && entry.held_by(&record) => {
                     // Not in the guard: a key listed twice must not fall to the pruning arm.
-                    let first = seen.insert(member.key, ()).is_none();
+                    let first = seen.insert(member.key);
                     if first {
                         live.push((member.key, record));
                     }
@@ -450,18 +450,12 @@ impl SessionIndex {
         Ok(live)
     }
 
-    fn is_live(&self, record: &Record, now: Timestamp) -> bool {
-        !record.is_expired(now)
-            && self
-                .config
-                .absolute_timeout
-                .is_none_or(|absolute| record.created_at.saturating_add(absolute) > now)
-    }
-
     /// The record's deadline minus its idle timeout, within its lifetime.
     fn last_used(&self, record: &Record) -> Timestamp {
-        let idle = match record.fields.get(MAX_AGE_FIELD).map(|v| v.parse::<u64>()) {
-            Some(Ok(seconds)) => Duration::from_secs(seconds),
+        // As the lifecycle sets the deadline: the session's own cookie lifetime is its idle
+        // timeout, if it has one.
+        let idle = match stored_max_age(record) {
+            Some(Some(max_age)) => max_age,
             _ => self.config.idle(),
         };
         let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
@@ -478,13 +472,10 @@ impl SessionIndex {
         &self,
         call: impl std::future::Future<Output = Result<R, StoreError>>,
     ) -> Result<R, SessionError> {
-        let result = match self.config.store_timeout {
-            Some(limit) => tokio::time::timeout(limit, call)
-                .await
-                .unwrap_or(Err(StoreError::Timeout)),
-            None => call.await,
-        };
-        Ok(result?)
+        Ok(self
+            .config
+            .call_within(self.config.store_timeout, call)
+            .await?)
     }
 }
 

@@ -32,7 +32,6 @@
 use std::future::Future;
 use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::Duration;
 
 use crate::config::{Config, Secure};
@@ -180,11 +179,7 @@ impl RequestState {
     /// Whether a loaded record may be served: both deadlines are checked here, whatever the
     /// store and the cookie say.
     fn is_live(&self, record: &Record, now: Timestamp) -> bool {
-        !record.is_expired(now)
-            && self
-                .config
-                .absolute_timeout
-                .is_none_or(|absolute| record.created_at.saturating_add(absolute) > now)
+        self.config.is_live(record, now)
     }
 
     /// The store key of `id`, hashed once per request and id.
@@ -244,24 +239,7 @@ impl RequestState {
         limit: Option<Duration>,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let started = std::time::Instant::now();
-        let result = match limit {
-            None => call.await,
-            Some(limit) => {
-                let mut call = std::pin::pin!(call);
-                let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-                match first {
-                    Poll::Ready(result) => result,
-                    Poll::Pending => tokio::time::timeout(limit, call)
-                        .await
-                        .unwrap_or(Err(StoreError::Timeout)),
-                }
-            }
-        };
-        self.config
-            .metrics
-            .store_call(started.elapsed(), result.is_err());
-        result
+        self.config.call_within(limit, call).await
     }
 
     /// Finds the session token (`find` looks on the request's transport) and reads its
@@ -985,7 +963,7 @@ fn encode_max_age(max_age: Option<Duration>) -> Arc<str> {
 
 /// The cookie lifetime a record carries, if it has one of its own. An unreadable value is
 /// ignored (the layer's lifetime applies).
-fn stored_max_age(record: &Record) -> Option<Option<Duration>> {
+pub(crate) fn stored_max_age(record: &Record) -> Option<Option<Duration>> {
     let value = record.fields.get(MAX_AGE_FIELD)?;
     match &**value {
         "null" => Some(None),
@@ -1024,19 +1002,21 @@ impl IndexPlan {
         if indexed.is_empty() {
             return Self::default();
         }
-        let before = stored.map_or_else(Vec::new, |r| entries_of(&r.fields, indexed));
+        let before =
+            |keys: &[&'static str]| stored.map_or_else(Vec::new, |r| entries_of(&r.fields, keys));
         match write {
             // A new key: every entry is added to it; a regeneration's old key loses all.
             Write::Create(whole) => Self {
                 add: entries_of(&whole.fields, indexed),
-                remove: before,
+                remove: before(indexed),
             },
             Write::Replace(_, whole) => {
                 let after = entries_of(&whole.fields, indexed);
-                Self::between(before, after)
+                Self::between(before(indexed), after)
             }
             Write::Merge(_, changes) => {
-                // Only the indexed keys the merge writes can change.
+                // Only the indexed keys the merge writes can change: a save that writes none
+                // (the usual case) hashes nothing.
                 let written: Vec<&'static str> = indexed
                     .iter()
                     .copied()
@@ -1045,11 +1025,7 @@ impl IndexPlan {
                 if written.is_empty() {
                     return Self::default();
                 }
-                let before = before
-                    .into_iter()
-                    .filter(|entry| written.contains(&entry.field()))
-                    .collect();
-                Self::between(before, entries_of(&changes.fields, &written))
+                Self::between(before(&written), entries_of(&changes.fields, &written))
             }
         }
     }

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::cookie::{CookieLookup, KeyError, MIN_KEY_LEN};
+use crate::cookie::{scan_cookies, CookieLookup, KeyError, MIN_KEY_LEN};
 use crate::id::SessionId;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -16,8 +16,6 @@ type HmacSha256 = Hmac<Sha256>;
 /// Cookie values longer than this are not even looked at (an express cookie with a default
 /// id is 80 bytes once encoded).
 const MAX_COOKIE_VALUE: usize = 512;
-/// How many session-named cookies of one request are verified at most.
-const MAX_CANDIDATES: usize = 4;
 
 /// express-session's `secret` option: one secret string, or a list of them where the first
 /// signs and every one verifies (for rotation).
@@ -169,36 +167,20 @@ impl ExpressSecrets {
         name: &str,
         headers: impl IntoIterator<Item = &'a [u8]>,
     ) -> CookieLookup {
-        let mut lookup = CookieLookup::default();
-        let mut candidates = 0;
-        for header in headers {
-            for pair in header.split(|b| *b == b';') {
-                let pair = pair.trim_ascii();
-                let Some(eq) = pair.iter().position(|b| *b == b'=') else {
-                    continue;
+        scan_cookies(
+            name,
+            headers,
+            MAX_COOKIE_VALUE,
+            |_| true,
+            |value, lookup| {
+                let Some((id, index)) = self.verify(value) else {
+                    return false;
                 };
-                if pair[..eq].trim_ascii() != name.as_bytes() {
-                    continue;
-                }
-                lookup.present = true;
-                let Ok(value) = std::str::from_utf8(pair[eq + 1..].trim_ascii()) else {
-                    continue;
-                };
-                if value.len() > MAX_COOKIE_VALUE {
-                    continue;
-                }
-                if candidates == MAX_CANDIDATES {
-                    return lookup;
-                }
-                candidates += 1;
-                if let Some((id, index)) = self.verify(value) {
-                    lookup.id = Some(id);
-                    lookup.old_key = index > 0;
-                    return lookup;
-                }
-            }
-        }
-        lookup
+                lookup.id = Some(id);
+                lookup.old_key = index > 0;
+                true
+            },
+        )
     }
 }
 

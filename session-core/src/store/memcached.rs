@@ -1175,24 +1175,7 @@ impl Connection {
         if len > MAX_VALUE_LEN {
             return Err(bad());
         }
-        // Grown as the bytes arrive, not allocated at the size the header claims: a hostile or
-        // broken server must not make one header cost a gigabyte.
-        let mut data = Vec::with_capacity(len.min(64 * 1024) + 2);
-        (&mut self.stream)
-            .take(len as u64 + 2)
-            .read_to_end(&mut data)
-            .await?;
-        if data.len() < len + 2 {
-            return Err(CommandError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "memcached closed the connection inside a value",
-            )));
-        }
-        if data.split_off(len) != b"\r\n" {
-            return Err(CommandError::Protocol(
-                "value not followed by CRLF".to_owned(),
-            ));
-        }
+        let data = self.read_data(len).await?;
         if self.read_line().await? != b"END" {
             return Err(CommandError::Protocol(
                 "value not followed by END".to_owned(),
@@ -1238,7 +1221,8 @@ impl Connection {
     }
 
     /// Reads `len` bytes of a value and the CRLF after them, growing the buffer as the bytes
-    /// arrive rather than allocating what the header claims.
+    /// arrive rather than allocating what the header claims: a hostile or broken server must
+    /// not make one header cost a gigabyte.
     async fn read_data(&mut self, len: usize) -> Result<Vec<u8>, CommandError> {
         let mut data = Vec::with_capacity(len.min(64 * 1024) + 2);
         (&mut self.stream)
