@@ -321,7 +321,7 @@ pub use self::file::file_record;
 #[cfg(feature = "file")]
 mod file {
     use std::path::PathBuf;
-    use std::sync::OnceLock;
+    use std::sync::{Mutex, MutexGuard, OnceLock};
 
     use crate::record::Timestamp;
     use crate::store::{FileStore, Store, StoreError};
@@ -332,6 +332,17 @@ mod file {
         store: FileStore,
         key: StoreKey,
         path: PathBuf,
+        /// The harness has one record file: callers on several threads (two tests of one
+        /// test binary) take turns.
+        turn: Mutex<()>,
+    }
+
+    impl Harness {
+        fn turn(&self) -> MutexGuard<'_, ()> {
+            self.turn
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
     }
 
     fn harness() -> &'static Harness {
@@ -353,14 +364,24 @@ mod file {
                 store,
                 key,
                 path,
+                turn: Mutex::new(()),
             }
         })
     }
 
     /// The folder [`file_record`] keeps its one record file in, under the system's temporary
-    /// directory and named after the process (created on first use). Remove it when done.
+    /// directory and named after the process (created on first use). Remove it when done,
+    /// with [`remove_file_record_dir`].
     pub fn file_record_dir() -> PathBuf {
         harness().store.dir().to_path_buf()
+    }
+
+    /// Removes [`file_record_dir`], waiting for a [`file_record`] call on another thread to
+    /// finish first.
+    pub fn remove_file_record_dir() {
+        let h = harness();
+        let _turn = h.turn();
+        let _ = std::fs::remove_dir_all(h.store.dir());
     }
 
     /// Writes `bytes` as a session's record file, loads it and sweeps the folder, checking
@@ -377,6 +398,7 @@ mod file {
     /// Not for use inside a Tokio runtime (it blocks on its own).
     pub fn file_record(bytes: &[u8]) {
         let h = harness();
+        let _turn = h.turn();
         if let Err(error) = std::fs::write(&h.path, bytes) {
             // The folder was removed under us (by a cleanup): make it again.
             assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
@@ -438,7 +460,7 @@ mod file {
 }
 
 #[cfg(feature = "file")]
-pub use self::file::file_record_dir;
+pub use self::file::{file_record_dir, remove_file_record_dir};
 
 /// The Redis store's reading of an `HGETALL` reply, from the reply's RESP bytes: an error or
 /// a live record, never a panic; a record it returns has both times and no metadata field.

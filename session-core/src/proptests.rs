@@ -924,7 +924,7 @@ mod entry_points {
         }
         assert!(ran >= 9, "only {ran} seeds ran");
         #[cfg(feature = "file")]
-        let _ = std::fs::remove_dir_all(fuzzing::file_record_dir());
+        fuzzing::remove_file_record_dir();
     }
 
     /// Run by hand rather than with `proptest!` so that the harness's folder is removed
@@ -937,7 +937,7 @@ mod entry_points {
             fuzzing::file_record(&bytes);
             Ok(())
         });
-        let _ = std::fs::remove_dir_all(fuzzing::file_record_dir());
+        fuzzing::remove_file_record_dir();
         if let Err(error) = result {
             panic!("{error}");
         }
