@@ -28,7 +28,7 @@ const MAX_COOKIE_VALUE: usize = 256;
 /// How many session-named cookies of one request are verified at most. A browser sends
 /// more than one only when cookies of several paths or domains share the name; a client that
 /// sends thousands would otherwise buy an HMAC per cookie and key with one request.
-const MAX_CANDIDATES: usize = 4;
+pub(crate) const MAX_CANDIDATES: usize = 4;
 
 /// A secret key for signing session cookies.
 #[derive(Clone)]

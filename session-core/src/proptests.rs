@@ -405,11 +405,13 @@ proptest! {
     #![proptest_config(config(500))]
 
     /// A valid cookie is found wherever it stands among forgeries and other cookies, in one
-    /// header or several, quoted or not, with spaces around `=`.
+    /// header or several, quoted or not, with spaces around `=`. Fewer than
+    /// `MAX_CANDIDATES` pairs stand before it: each could be a forgery shaped like a signed
+    /// id, and only that many are verified (a bound `cookie::tests` checks on its own).
     #[test]
     fn valid_cookie_is_found_among_duplicates_and_junk(
         id in id(),
-        before in vec(junk_pair(), 0..12),
+        before in vec(junk_pair(), 0..crate::cookie::MAX_CANDIDATES),
         after in vec(junk_pair(), 0..12),
         spread in any::<bool>(),
         style in 0..3u8,
@@ -432,12 +434,13 @@ proptest! {
         prop_assert!(lookup.present);
     }
 
-    /// Among several valid session cookies the first wins.
+    /// Among several valid session cookies the first wins (fewer than `MAX_CANDIDATES`
+    /// possible forgeries before it, as above).
     #[test]
     fn first_valid_cookie_wins(
         first in id(),
         second in id(),
-        junk in vec(junk_pair(), 0..6),
+        junk in vec(junk_pair(), 0..crate::cookie::MAX_CANDIDATES),
         spread in any::<bool>(),
     ) {
         let mut pairs = junk.clone();
@@ -452,7 +455,10 @@ proptest! {
     /// A cookie signed by an old key of the ring is found and flagged for re-signing; once
     /// the key leaves the ring, the same cookie is ignored.
     #[test]
-    fn old_key_cookie_is_found_and_flagged(id in id(), junk in vec(junk_pair(), 0..8)) {
+    fn old_key_cookie_is_found_and_flagged(
+        id in id(),
+        junk in vec(junk_pair(), 0..crate::cookie::MAX_CANDIDATES),
+    ) {
         let mut pairs = junk;
         pairs.push(format!("sid={}", signed_by(2, &id)).into_bytes());
         let headers = headers(&pairs, false);
