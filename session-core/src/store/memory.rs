@@ -97,7 +97,53 @@ impl Stored {
     }
 }
 
-type Shard = HashMap<[u8; 32], Stored, BuildHasherDefault<DigestHasher>>;
+/// One shard: its records by digest, and a bound on their deadlines so that a pass looking
+/// for expired records skips, without a scan, a shard that cannot hold one (at capacity,
+/// making room visits every shard).
+#[derive(Default)]
+struct Shard {
+    map: HashMap<[u8; 32], Stored, BuildHasherDefault<DigestHasher>>,
+    /// No record here has a deadline before this; `None` when the shard was empty at its
+    /// last scan and nothing was written since. Lowered by every write of a deadline
+    /// ([`note`](Self::note)), made exact by every scan.
+    earliest: Option<Timestamp>,
+}
+
+impl Shard {
+    /// Records that a record here now has the deadline `at`.
+    fn note(&mut self, at: Timestamp) {
+        self.earliest = Some(self.earliest.map_or(at, |earliest| earliest.min(at)));
+    }
+
+    /// Removes the records expired at `now`; returns how many and their bytes. A shard
+    /// whose bound says none has expired is not scanned.
+    fn drop_expired(&mut self, now: Timestamp) -> (usize, usize) {
+        if self.earliest.is_none_or(|earliest| earliest > now) {
+            return (0, 0);
+        }
+        let before = self.map.len();
+        let mut freed = 0;
+        let mut earliest: Option<Timestamp> = None;
+        self.map.retain(|_, stored| {
+            if stored.is_expired(now) {
+                freed += stored.size();
+                return false;
+            }
+            earliest = Some(earliest.map_or(stored.expires_at, |e| e.min(stored.expires_at)));
+            true
+        });
+        self.earliest = earliest;
+        (before - self.map.len(), freed)
+    }
+}
+
+impl std::ops::Deref for Shard {
+    type Target = HashMap<[u8; 32], Stored, BuildHasherDefault<DigestHasher>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
 
 /// Hashes a key by eight bytes of its digest. The digest is the SHA-256 of an id, already
 /// uniform (and no client can pick it: ids come from the server's generator), so SipHash over
@@ -256,7 +302,8 @@ impl MemoryStore {
         if self.is_full(size) {
             self.make_room(shard, shard_of(&key), now, size);
         }
-        shard.insert(key, stored);
+        shard.note(stored.expires_at);
+        shard.map.insert(key, stored);
         self.inner.len.fetch_add(1, Ordering::Relaxed);
         self.inner.bytes.fetch_add(size, Ordering::Relaxed);
     }
@@ -285,7 +332,7 @@ impl MemoryStore {
 
     /// Removes `key` from the shard, keeping the counts right.
     fn remove(&self, shard: &mut Shard, key: &[u8; 32]) {
-        if let Some(stored) = shard.remove(key) {
+        if let Some(stored) = shard.map.remove(key) {
             self.inner.forget(1, stored.size());
         }
     }
@@ -335,16 +382,8 @@ impl MemoryStore {
         victims: Victims,
         evicted: &mut usize,
     ) -> bool {
-        let before = shard.len();
-        let mut freed = 0;
-        shard.retain(|_, stored| {
-            let keep = !stored.is_expired(now);
-            if !keep {
-                freed += stored.size();
-            }
-            keep
-        });
-        self.inner.forget(before - shard.len(), freed);
+        let (expired, freed) = shard.drop_expired(now);
+        self.inner.forget(expired, freed);
         while self.is_full(size) {
             if victims == Victims::Expired {
                 return false;
@@ -361,7 +400,7 @@ impl MemoryStore {
             order.select_nth_unstable(batch - 1);
             let mut freed = 0;
             for (_, _, key) in &order[..batch] {
-                if let Some(stored) = shard.remove(key) {
+                if let Some(stored) = shard.map.remove(key) {
                     freed += stored.size();
                 }
             }
@@ -405,18 +444,9 @@ impl Inner {
     fn sweep(&self, now: Timestamp) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let mut shard = lock(shard);
-            let before = shard.len();
-            let mut freed = 0;
-            shard.retain(|_, stored| {
-                let keep = !stored.is_expired(now);
-                if !keep {
-                    freed += stored.size();
-                }
-                keep
-            });
-            self.forget(before - shard.len(), freed);
-            removed += before - shard.len();
+            let (expired, freed) = lock(shard).drop_expired(now);
+            self.forget(expired, freed);
+            removed += expired;
         }
         self.prune_indexes(now);
         removed
@@ -503,7 +533,7 @@ impl Store for MemoryStore {
         let now = Timestamp::now();
         let digest = key.digest();
         let mut shard = self.shard(key);
-        match shard.get_mut(&digest) {
+        match shard.map.get_mut(&digest) {
             Some(stored) if !stored.is_expired(now) => {
                 stored.returned = true;
                 Ok(Some(stored.to_record()))
@@ -521,10 +551,11 @@ impl Store for MemoryStore {
         let now = Timestamp::now();
         let digest = key.digest();
         let mut shard = self.shard(key);
-        match shard.get_mut(&digest) {
+        match shard.map.get_mut(&digest) {
             Some(stored) if !stored.is_expired(now) => Ok(false),
             Some(stored) => {
                 self.rewrite(stored, |stored| *stored = Stored::new(record));
+                shard.note(record.expires_at);
                 Ok(true)
             }
             None => {
@@ -541,9 +572,11 @@ impl Store for MemoryStore {
         mode: SaveMode,
     ) -> Result<bool, StoreError> {
         let now = Timestamp::now();
-        match self.shard(key).get_mut(&key.digest()) {
+        let mut shard = self.shard(key);
+        match shard.map.get_mut(&key.digest()) {
             Some(stored) if !stored.is_expired(now) => {
                 self.rewrite(stored, |stored| stored.apply(record, mode));
+                shard.note(record.expires_at);
                 Ok(true)
             }
             _ => Ok(false),
@@ -552,9 +585,11 @@ impl Store for MemoryStore {
 
     async fn touch(&self, key: &StoreKey, expires_at: Timestamp) -> Result<bool, StoreError> {
         let now = Timestamp::now();
-        match self.shard(key).get_mut(&key.digest()) {
+        let mut shard = self.shard(key);
+        match shard.map.get_mut(&key.digest()) {
             Some(stored) if !stored.is_expired(now) => {
                 stored.expires_at = expires_at;
+                shard.note(expires_at);
                 Ok(true)
             }
             _ => Ok(false),
@@ -711,6 +746,41 @@ mod tests {
             assert!(store.load(k).await.unwrap().is_some());
         }
         assert_eq!(store.evictions(), 0);
+    }
+
+    /// Each shard skips its scan for expired records while its deadline bound says none can
+    /// have expired; every write of a deadline (a save, a touch) must lower that bound, or a
+    /// record whose deadline was shortened would be missed and a live session evicted in its
+    /// place.
+    #[tokio::test]
+    async fn shortened_deadlines_are_still_found_when_making_room() {
+        let store = MemoryStore::new().with_capacity(SHARDS * 4);
+        let store = store.with_sweep_interval(Duration::from_secs(3600));
+        let keys: Vec<StoreKey> = (0..SHARDS * 4).map(|_| key()).collect();
+        for k in &keys {
+            assert!(store.create(k, &live()).await.unwrap());
+        }
+        // Half of the sessions get a deadline a moment away, half of those by a save and
+        // half by a touch; the other half stay live.
+        let soon = Timestamp::now().saturating_add(Duration::from_millis(1));
+        for (i, k) in keys.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            if i % 4 == 0 {
+                let mut write = live();
+                write.expires_at = soon;
+                assert!(store.save(k, &write, SaveMode::Merge).await.unwrap());
+            } else {
+                assert!(store.touch(k, soon).await.unwrap());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The store is full: new sessions take the expired ones' room, not the live ones'.
+        for _ in 0..SHARDS {
+            assert!(store.create(&key(), &live()).await.unwrap());
+        }
+        assert_eq!(store.evictions(), 0);
+        for k in keys.iter().skip(1).step_by(2) {
+            assert!(store.load(k).await.unwrap().is_some());
+        }
     }
 
     fn record_of(bytes: usize) -> Record {
