@@ -20,7 +20,7 @@ const DEFAULT_PREFIX: &str = "session:";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one attempt to open a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long the server may take to answer one command.
+/// How long the server may take to answer one command of a cluster.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Writes the field/value pairs `ARGV[first..]` into hash `key`, in slices small enough for
@@ -223,8 +223,11 @@ impl RedisStore {
     /// `redis://:password@host:6379/2`.
     ///
     /// The connection is a [`ConnectionManager`] that reconnects by itself. Opening it gives up
-    /// after 1 s, a command after 2 s, and a broken connection is reopened with one quick retry,
-    /// so that calls fail fast while the server is down.
+    /// after 1 s, a call after the store's [timeout](Self::with_timeout) (3 s by default), and
+    /// a broken connection is reopened with one quick retry, so that calls fail fast while the
+    /// server is down. (The connection sets no timeout of its own per command: the store's
+    /// bounds every call already, and a second timer per command would cost every request
+    /// for nothing; a command that timed out does not make redis-rs reconnect either way.)
     ///
     /// # Errors
     /// [`StoreError::Backend`] if the URL is invalid or the server cannot be reached.
@@ -232,7 +235,7 @@ impl RedisStore {
         let client = ::redis::Client::open(url).map_err(redis_error)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
