@@ -221,7 +221,9 @@ pub struct MetricsSnapshot {
     /// Total time spent in store calls.
     pub store_time: Duration,
     /// Store call latency: `(upper bound, calls at or under it and over the previous bound)`;
-    /// the last bucket's bound is `Duration::MAX`.
+    /// the last bucket's bound is `Duration::MAX`. A call that answers at once, without
+    /// waiting (an in-process store such as `MemoryStore`), is not timed and counts as zero:
+    /// it takes well under a microsecond, and reading the clock would cost as much.
     pub store_latency: Vec<(Duration, u64)>,
 }
 
