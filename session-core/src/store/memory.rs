@@ -50,8 +50,14 @@ impl Stored {
     }
 
     fn to_record(&self) -> Record {
+        // Inserted one by one: the slice is sorted and short, and `collect` would sort a
+        // copy of it first.
+        let mut fields = Fields::new();
+        for (name, value) in &self.fields {
+            fields.insert(name.clone(), value.clone());
+        }
         Record {
-            fields: self.fields.iter().cloned().collect::<Fields>(),
+            fields,
             created_at: self.created_at,
             expires_at: self.expires_at,
         }
