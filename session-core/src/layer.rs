@@ -475,7 +475,25 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         state: Option<(Arc<RequestState>, Delivery)>,
-        finishing: Option<Pin<Box<dyn Future<Output = Response> + Send>>>,
+        finishing: Option<Finishing>,
+    }
+}
+
+/// The end of a request whose rules need the store: the boxed store work, and what the
+/// response needs once it is done. The response itself stays out of the box, which is
+/// allocated per request.
+struct Finishing {
+    rules: Pin<Box<dyn Future<Output = Result<CookieAction, SessionError>> + Send>>,
+    state: Arc<RequestState>,
+    delivery: Delivery,
+    response: Option<Response>,
+}
+
+impl Finishing {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Response> {
+        let action = std::task::ready!(self.rules.as_mut().poll(cx));
+        let response = self.response.take().unwrap_or_default();
+        Poll::Ready(respond(&self.state, self.delivery, response, action))
     }
 }
 
@@ -494,7 +512,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Some(finishing) = this.finishing.as_mut() {
-            return finishing.as_mut().poll(cx).map(Ok);
+            return finishing.poll(cx).map(Ok);
         }
         let response = match this.inner.as_mut().poll(cx) {
             Poll::Ready(Ok(response)) => response,
@@ -503,23 +521,39 @@ where
         };
         match this.state.take() {
             Some((state, delivery)) if state.needs_finish() => {
-                let finishing = this
-                    .finishing
-                    .insert(Box::pin(finish(state, delivery, response)));
-                finishing.as_mut().poll(cx).map(Ok)
+                // A request that only read its session answers at once: no store call, no
+                // boxed future.
+                if let Some(action) = state.finish_at_once() {
+                    return Poll::Ready(Ok(respond(&state, delivery, response, Ok(action))));
+                }
+                let finishing = this.finishing.insert(Finishing {
+                    rules: Box::pin(end_of_request(state.clone())),
+                    state,
+                    delivery,
+                    response: Some(response),
+                });
+                finishing.poll(cx).map(Ok)
             }
             _ => Poll::Ready(Ok(response)),
         }
     }
 }
 
-/// Saves the session as the rules say and sends the token on the request's transport, or
+/// Saves the session as the rules say; returns what the response's cookie should say.
+async fn end_of_request(state: Arc<RequestState>) -> Result<CookieAction, SessionError> {
+    use tracing::Instrument as _;
+    let span = state.span();
+    state.finish().instrument(span).await
+}
+
+/// Sends the token as the end-of-request rules decided, on the request's transport, or
 /// replaces the response with the error one.
-async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Response) -> Response {
-    let action = {
-        use tracing::Instrument as _;
-        state.finish().instrument(state.span()).await
-    };
+fn respond(
+    state: &RequestState,
+    delivery: Delivery,
+    mut response: Response,
+    action: Result<CookieAction, SessionError>,
+) -> Response {
     let answer = Answer::for_request(&state.config, delivery, state.token_sent());
     // A `Secure` cookie on plain HTTP would be dropped by the browser: with a header
     // transport at hand the token goes there only.
@@ -533,7 +567,7 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
                 (Some(upgrade), Some(legacy)) if legacy == id => {
                     if cookie {
                         let value = upgrade.secrets.sign(&id);
-                        append_cookie(&mut response, &state, &upgrade.cookie_name, &value, max_age);
+                        append_cookie(&mut response, state, &upgrade.cookie_name, &value, max_age);
                     }
                 }
                 _ => {
@@ -541,7 +575,7 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
                     if cookie {
                         append_cookie(
                             &mut response,
-                            &state,
+                            state,
                             &state.config.cookie_name,
                             &value,
                             max_age,
@@ -550,7 +584,7 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
                         if let (Some(upgrade), Some(_)) = (&state.config.upgrade, legacy) {
                             append_cookie(
                                 &mut response,
-                                &state,
+                                state,
                                 &upgrade.cookie_name,
                                 "",
                                 Some(Duration::ZERO),
@@ -567,7 +601,7 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
             if cookie {
                 append_cookie(
                     &mut response,
-                    &state,
+                    state,
                     &state.config.cookie_name,
                     "",
                     Some(Duration::ZERO),
@@ -575,7 +609,7 @@ async fn finish(state: Arc<RequestState>, delivery: Delivery, mut response: Resp
                 if let (Some(upgrade), Some(_)) = (&state.config.upgrade, state.legacy_id()) {
                     append_cookie(
                         &mut response,
-                        &state,
+                        state,
                         &upgrade.cookie_name,
                         "",
                         Some(Duration::ZERO),

@@ -607,18 +607,77 @@ impl RequestState {
             }
         }
 
+        Ok(self.cookie_action(&self.lock()))
+    }
+
+    /// The session's id and new deadline if it is to be touched now (`forced`: whatever
+    /// `touch_after` says).
+    fn touch_due(
+        &self,
+        inner: &Inner,
+        forced: bool,
+        now: Timestamp,
+    ) -> Option<(SessionId, Timestamp)> {
+        let record = inner.record.as_ref()?;
+        let id = inner.id?;
+        if !forced && (inner.saved || !inner.existed || inner.id_issued) {
+            return None;
+        }
+        let deadline = self.deadline(inner, record.created_at, now);
+        // With `touch_after` zero every request touches, as express does.
+        if !forced
+            && (deadline < record.expires_at
+                || deadline.saturating_since(record.expires_at) < self.config.touch_after)
+        {
+            return None;
+        }
+        Some((id, deadline))
+    }
+
+    /// The end of a request that has nothing to write (its session was only read, and no
+    /// touch is due): the cookie decision, taken at once, without a store call or the
+    /// asynchronous [`finish`](Self::finish). `None` when the rules may need the store; the
+    /// answer is then `finish`'s.
+    pub(crate) fn finish_at_once(&self) -> Option<CookieAction> {
         let inner = self.lock();
+        if inner.held.is_some() || inner.held_local.is_some() {
+            return None;
+        }
+        if !inner.extracted {
+            return Some(CookieAction::Keep);
+        }
+        let pending_work = inner.live_views > 0
+            || inner.destroy
+            || inner.replace
+            || inner.regenerate
+            || !inner.pending.is_empty()
+            || !inner.flash_loaded.is_empty()
+            || inner.encode_error.is_some()
+            || inner.conflict.is_some();
+        let may_write = if inner.record.is_some() {
+            self.config.resave && !inner.saved
+        } else {
+            self.config.save_uninitialized || inner.modified
+        };
+        if pending_work || may_write || self.touch_due(&inner, false, Timestamp::now()).is_some() {
+            return None;
+        }
+        Some(self.cookie_action(&inner))
+    }
+
+    /// What the response's cookie says once the session is written (or needed no write).
+    fn cookie_action(&self, inner: &Inner) -> CookieAction {
         let (Some(id), true) = (inner.id, inner.record.is_some()) else {
             // Ended earlier in the request (an explicit save or reload found it gone) and
             // not started again.
-            return Ok(if inner.ended {
-                self.clearing_cookie(&inner)
+            return if inner.ended {
+                self.clearing_cookie(inner)
             } else {
                 CookieAction::Keep
-            });
+            };
         };
         let fresh = !inner.existed || inner.id_issued;
-        let max_age = self.max_age(&inner);
+        let max_age = self.max_age(inner);
         let send = if fresh {
             // A fresh session exists in the store only if `save_uninitialized` or a change
             // put it there.
@@ -632,11 +691,11 @@ impl RequestState {
                 // never drops a cookie whose session is still alive.
                 || (max_age.is_some() && (inner.modified || inner.saved || inner.touched))
         };
-        Ok(if send && self.can_set_cookie() {
+        if send && self.can_set_cookie() {
             CookieAction::Set(id, max_age)
         } else {
             CookieAction::Keep
-        })
+        }
     }
 
     /// The cookie of a session that ended under this request: another request destroyed or
@@ -757,22 +816,9 @@ impl RequestState {
 
         let (new_id, written_id) = match &write {
             Write::Create(whole) => {
-                let next = self.lock().next_id.take();
-                let id = self.create(whole, next, &plan.add, until).await?;
-                if let Some(old) = old_id {
-                    let old_key = self.store_key(old);
-                    if let Err(error) = self.call(config.store.delete(&old_key)).await {
-                        // The old id must die with the regeneration; since it cannot, take the
-                        // new record back so no second copy of the session is left behind.
-                        let new_key = config.codec.store_key(&id);
-                        if let Err(undo) = self.call(config.store.delete(&new_key)).await {
-                            tracing::warn!(%undo, "could not remove the new record of a failed regeneration; it lapses at its deadline");
-                        }
-                        self.index_remove(&plan.add, &new_key).await;
-                        return Err(error.into());
-                    }
-                    self.index_remove(&plan.remove, &old_key).await;
-                }
+                // Boxed: new and regenerated sessions only, and a large future that every
+                // save's end-of-request future would carry otherwise.
+                let id = Box::pin(self.write_new(whole, old_id, &plan, until)).await?;
                 (Some(id), id)
             }
             Write::Replace(id, record) | Write::Merge(id, record) => {
@@ -837,6 +883,35 @@ impl RequestState {
         Ok(())
     }
 
+    /// Stores a new or regenerated session under a fresh id and, for a regeneration, deletes
+    /// the old record; returns the new id.
+    async fn write_new(
+        &self,
+        whole: &Record,
+        old_id: Option<SessionId>,
+        plan: &IndexPlan,
+        until: Option<Timestamp>,
+    ) -> Result<SessionId, SessionError> {
+        let config = &*self.config;
+        let next = self.lock().next_id.take();
+        let id = self.create(whole, next, &plan.add, until).await?;
+        if let Some(old) = old_id {
+            let old_key = self.store_key(old);
+            if let Err(error) = self.call(config.store.delete(&old_key)).await {
+                // The old id must die with the regeneration; since it cannot, take the new
+                // record back so no second copy of the session is left behind.
+                let new_key = config.codec.store_key(&id);
+                if let Err(undo) = self.call(config.store.delete(&new_key)).await {
+                    tracing::warn!(%undo, "could not remove the new record of a failed regeneration; it lapses at its deadline");
+                }
+                self.index_remove(&plan.add, &new_key).await;
+                return Err(error.into());
+            }
+            self.index_remove(&plan.remove, &old_key).await;
+        }
+        Ok(id)
+    }
+
     /// A record about to be created, as the layer's record format wants it: express-session's
     /// records carry the cookie's settings under the reserved `cookie` key.
     fn new_record(&self, inner: &Inner, mut record: Record) -> Record {
@@ -884,26 +959,52 @@ impl RequestState {
         Err(SessionError::IdCollision)
     }
 
-    /// Adds `key` to the index `entries`; a failure fails the write that needed it.
-    async fn index_add(
-        &self,
-        entries: &[IndexEntry],
-        key: &StoreKey,
+    /// Adds `key` to the index `entries`; a failure fails the write that needed it. The work
+    /// is boxed, and only when there is some: most writes change no indexed field, and the
+    /// store calls' futures would otherwise weigh on every write's future.
+    fn index_add<'a>(
+        &'a self,
+        entries: &'a [IndexEntry],
+        key: &'a StoreKey,
         until: Option<Timestamp>,
-    ) -> Result<(), SessionError> {
-        for entry in entries {
-            self.call(self.config.store.index_add(entry, key, until))
-                .await?;
+    ) -> impl Future<Output = Result<(), SessionError>> + Send + 'a {
+        let work = (!entries.is_empty()).then(|| {
+            Box::pin(async move {
+                for entry in entries {
+                    self.call(self.config.store.index_add(entry, key, until))
+                        .await?;
+                }
+                Ok(())
+            })
+        });
+        async move {
+            match work {
+                Some(work) => work.await,
+                None => Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// Removes `key` from the index `entries`. A failure leaves a stale member, which readers
-    /// skip and prune: it is logged, not returned.
-    async fn index_remove(&self, entries: &[IndexEntry], key: &StoreKey) {
-        for entry in entries {
-            if let Err(error) = self.call(self.config.store.index_remove(entry, key)).await {
-                tracing::warn!(%error, ?entry, "could not remove a session from an index; readers skip it until it is pruned");
+    /// skip and prune: it is logged, not returned. Boxed when there is work, as `index_add`.
+    fn index_remove<'a>(
+        &'a self,
+        entries: &'a [IndexEntry],
+        key: &'a StoreKey,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        let work = (!entries.is_empty()).then(|| {
+            Box::pin(async move {
+                for entry in entries {
+                    if let Err(error) = self.call(self.config.store.index_remove(entry, key)).await
+                    {
+                        tracing::warn!(%error, ?entry, "could not remove a session from an index; readers skip it until it is pruned");
+                    }
+                }
+            })
+        });
+        async move {
+            if let Some(work) = work {
+                work.await;
             }
         }
     }
@@ -911,25 +1012,8 @@ impl RequestState {
     /// Extends an unchanged existing session's deadline, at most once per `touch_after`
     /// unless `forced` (the app asked). [`SessionError::Ended`] when the record is gone.
     async fn touch(&self, forced: bool) -> Result<(), SessionError> {
-        let now = Timestamp::now();
-        let (id, deadline) = {
-            let inner = self.lock();
-            let Some(record) = inner.record.as_ref() else {
-                return Ok(());
-            };
-            let Some(id) = inner.id else { return Ok(()) };
-            if !forced && (inner.saved || !inner.existed || inner.id_issued) {
-                return Ok(());
-            }
-            let deadline = self.deadline(&inner, record.created_at, now);
-            // With `touch_after` zero every request touches, as express does.
-            if !forced
-                && (deadline < record.expires_at
-                    || deadline.saturating_since(record.expires_at) < self.config.touch_after)
-            {
-                return Ok(());
-            }
-            (id, deadline)
+        let Some((id, deadline)) = self.touch_due(&self.lock(), forced, Timestamp::now()) else {
+            return Ok(());
         };
         let touched = self
             .call(self.config.store.touch(&self.store_key(id), deadline))
@@ -1140,5 +1224,152 @@ impl Inner {
         }
         self.pending.extend(changes);
         self.modified = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::TokenCodec;
+    use crate::cookie::{Key, KeyRing};
+    use crate::store::{MemoryStore, Store};
+
+    /// A struct with no fields: a handler that takes the session and reads nothing.
+    struct Nothing;
+
+    impl SessionView for Nothing {
+        type Data = ();
+        const KEYS: &'static [&'static str] = &[];
+
+        fn decode(_: &Fields, _: &Fields) -> Self {
+            Self
+        }
+
+        fn fresh() -> Self {
+            Self
+        }
+
+        fn collect(&mut self, _: &mut Fields) -> Result<bool, serde_json::Error> {
+            Ok(false)
+        }
+
+        fn data(&self) -> &() {
+            &()
+        }
+
+        fn into_data(self) {}
+    }
+
+    /// What the request's cookie names.
+    #[derive(Clone, Copy, Debug)]
+    enum Cookie {
+        None,
+        /// A session whose deadline is far: no touch due.
+        Live,
+        /// A session whose deadline is near: a touch is due.
+        TouchDue,
+        /// A signed id with no record.
+        Unknown,
+    }
+
+    /// A request that takes its session and changes nothing, run through `finish_at_once`
+    /// and, on a twin request, through the full `finish`.
+    async fn both_ways(
+        config: &Arc<Config>,
+        lookup: CookieLookup,
+    ) -> (Option<CookieAction>, CookieAction) {
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let state = RequestState::new(config.clone(), false);
+            state.load(|| lookup).await.unwrap();
+            let (mut view, seen) = state.check_out::<Nothing>();
+            state.check_in(&mut view, seen);
+            answers.push(state);
+        }
+        let at_once = answers[0].finish_at_once();
+        let full = answers[1].finish().await.unwrap();
+        (at_once, full)
+    }
+
+    /// The shortcut taken by requests that only read their session either declines or
+    /// agrees with the full end-of-request rules, and when it answers the full rules wrote
+    /// nothing: for every option that decides such a request and every kind of cookie.
+    #[tokio::test]
+    async fn the_read_only_shortcut_agrees_with_the_full_rules() {
+        let mut answered = 0;
+        for rolling in [false, true] {
+            for max_age in [None, Some(Duration::from_secs(600))] {
+                for touch_after in [Duration::ZERO, Duration::from_secs(60)] {
+                    for resave in [false, true] {
+                        for save_uninitialized in [false, true] {
+                            for cookie in [
+                                Cookie::None,
+                                Cookie::Live,
+                                Cookie::TouchDue,
+                                Cookie::Unknown,
+                            ] {
+                                let store = Arc::new(MemoryStore::new());
+                                let key = Key::from_bytes(&[7; 64]).unwrap();
+                                let mut config = Config::new(
+                                    store.clone(),
+                                    TokenCodec::Native(KeyRing::new(key)),
+                                );
+                                config.rolling = rolling;
+                                config.max_age = max_age;
+                                config.touch_after = touch_after;
+                                config.resave = resave;
+                                config.save_uninitialized = save_uninitialized;
+                                let config = Arc::new(config);
+                                let id = SessionId::generate().unwrap();
+                                let store_key = config.codec.store_key(&id);
+                                let now = Timestamp::now();
+                                let stored = match cookie {
+                                    Cookie::Live => {
+                                        Some(Record::new(now, now.saturating_add(config.idle())))
+                                    }
+                                    Cookie::TouchDue => Some(Record::new(
+                                        now,
+                                        now.saturating_add(Duration::from_secs(1)),
+                                    )),
+                                    Cookie::None | Cookie::Unknown => None,
+                                };
+                                if let Some(record) = &stored {
+                                    assert!(store.create(&store_key, record).await.unwrap());
+                                }
+                                let lookup = match cookie {
+                                    Cookie::None => CookieLookup::default(),
+                                    _ => CookieLookup {
+                                        id: Some(id),
+                                        present: true,
+                                        ..CookieLookup::default()
+                                    },
+                                };
+                                let case = format!("rolling {rolling}, max_age {max_age:?}, touch_after {touch_after:?}, resave {resave}, save_uninitialized {save_uninitialized}, cookie {cookie:?}");
+                                let (at_once, full) = both_ways(&config, lookup).await;
+                                if let Some(action) = &at_once {
+                                    answered += 1;
+                                    assert_eq!(*action, full, "{case}");
+                                    let after = store.load(&store_key).await.unwrap();
+                                    assert_eq!(after, stored, "the full rules wrote: {case}");
+                                    assert_eq!(
+                                        store.len(),
+                                        usize::from(stored.is_some()),
+                                        "{case}"
+                                    );
+                                }
+                                if matches!(cookie, Cookie::TouchDue) || resave && stored.is_some()
+                                {
+                                    assert_eq!(at_once, None, "a write is due: {case}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The shortcut is taken wherever no write is due: 40 of the 128 cases (a live
+        // session is due a touch on every request with `touch_after` zero; `resave` writes
+        // every stored session; `save_uninitialized` stores every new one).
+        assert_eq!(answered, 40);
     }
 }
