@@ -22,6 +22,7 @@ use crate::config::{
 use crate::cookie::{Key, KeyRing};
 use crate::error::{log_failure, SessionError};
 use crate::events::{SessionEvent, SessionEvents, SessionMetrics};
+use crate::id::SessionId;
 use crate::lifecycle::{CookieAction, RequestState};
 use crate::store::Store;
 use crate::transport::{self, Answer, Delivery, TokenHeader, Transport};
@@ -519,13 +520,15 @@ where
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => return Poll::Pending,
         };
-        match this.state.take() {
-            Some((state, delivery)) if state.needs_finish() => {
-                // A request that only read its session answers at once: no store call, no
-                // boxed future.
-                if let Some(action) = state.finish_at_once() {
-                    return Poll::Ready(Ok(respond(&state, delivery, response, Ok(action))));
-                }
+        let Some((state, delivery)) = this.state.take() else {
+            return Poll::Ready(Ok(response));
+        };
+        // A request that never took its session, or only read it, answers at once: no store
+        // call, no boxed future.
+        match state.finish_at_once() {
+            Some(CookieAction::Keep) => Poll::Ready(Ok(response)),
+            Some(action) => Poll::Ready(Ok(respond(&state, delivery, response, Ok(action)))),
+            None => {
                 let finishing = this.finishing.insert(Finishing {
                     rules: Box::pin(end_of_request(state.clone())),
                     state,
@@ -534,7 +537,6 @@ where
                 });
                 finishing.poll(cx).map(Ok)
             }
-            _ => Poll::Ready(Ok(response)),
         }
     }
 }
@@ -581,15 +583,7 @@ fn respond(
                             max_age,
                         );
                         // Upgraded (regenerated) from an express session: its cookie goes.
-                        if let (Some(upgrade), Some(_)) = (&state.config.upgrade, legacy) {
-                            append_cookie(
-                                &mut response,
-                                state,
-                                &upgrade.cookie_name,
-                                "",
-                                Some(Duration::ZERO),
-                            );
-                        }
+                        clear_express_cookie(&mut response, state, legacy);
                     }
                     if answer.header {
                         transport::append_token_header(&mut response, &state.config, &value);
@@ -606,15 +600,7 @@ fn respond(
                     "",
                     Some(Duration::ZERO),
                 );
-                if let (Some(upgrade), Some(_)) = (&state.config.upgrade, state.legacy_id()) {
-                    append_cookie(
-                        &mut response,
-                        state,
-                        &upgrade.cookie_name,
-                        "",
-                        Some(Duration::ZERO),
-                    );
-                }
+                clear_express_cookie(&mut response, state, state.legacy_id());
             }
             if answer.header {
                 transport::append_token_header(&mut response, &state.config, "");
@@ -633,6 +619,20 @@ fn respond(
         }
     }
     response
+}
+
+/// Deletes the express-session cookie of a request whose session came from one (`legacy`),
+/// on a layer upgrading express sessions.
+fn clear_express_cookie(response: &mut Response, state: &RequestState, legacy: Option<SessionId>) {
+    if let (Some(upgrade), Some(_)) = (&state.config.upgrade, legacy) {
+        append_cookie(
+            response,
+            state,
+            &upgrade.cookie_name,
+            "",
+            Some(Duration::ZERO),
+        );
+    }
 }
 
 /// Left in the extensions of a request the layer saw outside its cookie path.

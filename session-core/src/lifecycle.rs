@@ -510,13 +510,6 @@ impl RequestState {
         self.persist(true).await
     }
 
-    /// Whether the end of the request has anything to do: a session was taken, or a lock is
-    /// held from a load that failed.
-    pub(crate) fn needs_finish(&self) -> bool {
-        let inner = self.lock();
-        inner.extracted || inner.held.is_some() || inner.held_local.is_some()
-    }
-
     /// Applies the end-of-request rules; returns what the response's cookie should say.
     /// Releases the per-session lock, if one is held, whatever happened.
     pub(crate) async fn finish(&self) -> Result<CookieAction, SessionError> {
@@ -634,10 +627,10 @@ impl RequestState {
         Some((id, deadline))
     }
 
-    /// The end of a request that has nothing to write (its session was only read, and no
-    /// touch is due): the cookie decision, taken at once, without a store call or the
-    /// asynchronous [`finish`](Self::finish). `None` when the rules may need the store; the
-    /// answer is then `finish`'s.
+    /// The end of a request that has nothing to write (its session was never taken, or only
+    /// read, and no touch is due): the cookie decision, taken at once, without a store call
+    /// or the asynchronous [`finish`](Self::finish). `None` when the rules may need the
+    /// store (a lock to release included); the answer is then `finish`'s.
     pub(crate) fn finish_at_once(&self) -> Option<CookieAction> {
         let inner = self.lock();
         if inner.held.is_some() || inner.held_local.is_some() {
