@@ -286,53 +286,15 @@ async fn revocation_reaches_another_instance(one: Arc<dyn Store>, two: Arc<dyn S
     assert_eq!(here.get("/me").await.body, format!("user: {name}"));
 }
 
-macro_rules! on_every_store {
-    ($($name:ident => $store:expr,)*) => {$(
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn three_clients_list_three_sessions_and_revoke_others_logs_two_out() {
-                if let Some(store) = $store.await {
-                    three_clients_then_revoke_others(store).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn logout_login_and_expiry_keep_the_listing_true() {
-                if let Some(store) = $store.await {
-                    logout_and_expiry_leave_no_live_entry(store).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_thousand_sessions_of_one_user_list_in_one_call() {
-                if let Some(store) = $store.await {
-                    a_thousand_sessions_list_in_one_call(store, stringify!($name)).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_login_racing_revoke_all_never_revives_a_revoked_session() {
-                if let Some(store) = $store.await {
-                    super::a_login_racing_revoke_all_never_revives_a_revoked_session(store).await;
-                }
-            }
-        }
-    )*};
-}
-
-on_every_store! {
-    memory => stores::memory(),
-    file => stores::file(),
-    sqlite => stores::sqlite(),
-    postgres => stores::postgres(),
-    mysql => stores::mysql(),
-    redis => stores::redis(),
-    redis_cluster => stores::redis_cluster(),
-    memcached => stores::memcached(),
-    mongodb => stores::mongodb(),
-    cached_redis => stores::cached_redis(),
+stores::on_every_store! {
+    three_clients_list_three_sessions_and_revoke_others_logs_two_out =>
+        |store| three_clients_then_revoke_others(store).await;
+    logout_login_and_expiry_keep_the_listing_true =>
+        |store| logout_and_expiry_leave_no_live_entry(store).await;
+    a_thousand_sessions_of_one_user_list_in_one_call =>
+        |store, name| a_thousand_sessions_list_in_one_call(store, name).await;
+    a_login_racing_revoke_all_never_revives_a_revoked_session =>
+        |store| super::a_login_racing_revoke_all_never_revives_a_revoked_session(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

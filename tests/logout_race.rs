@@ -238,58 +238,13 @@ async fn login_holds_against_a_late_write_to_the_old_id(store: Arc<dyn Store>) {
     assert_eq!(new.body, "user: ada");
 }
 
-macro_rules! on_every_store {
-    ($($name:ident => $store:expr,)*) => {$(
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn logout_beats_a_late_field_write() {
-                if let Some(store) = $store.await {
-                    logout_holds_against_a_late_write(store, false).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn logout_beats_a_late_field_write_under_resave() {
-                if let Some(store) = $store.await {
-                    logout_holds_against_a_late_write(store, true).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn logout_beats_a_late_touch() {
-                if let Some(store) = $store.await {
-                    logout_holds_against_a_late_touch(store, false).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn logout_beats_a_late_resave() {
-                if let Some(store) = $store.await {
-                    logout_holds_against_a_late_touch(store, true).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn login_beats_a_late_write_to_the_pre_login_id() {
-                if let Some(store) = $store.await {
-                    login_holds_against_a_late_write_to_the_old_id(store).await;
-                }
-            }
-        }
-    )*};
-}
-
-on_every_store! {
-    memory => stores::memory(),
-    file => stores::file(),
-    sqlite => stores::sqlite(),
-    postgres => stores::postgres(),
-    mysql => stores::mysql(),
-    redis => stores::redis(),
-    redis_cluster => stores::redis_cluster(),
-    memcached => stores::memcached(),
-    mongodb => stores::mongodb(),
-    cached_redis => stores::cached_redis(),
+stores::on_every_store! {
+    logout_beats_a_late_field_write =>
+        |store| logout_holds_against_a_late_write(store, false).await;
+    logout_beats_a_late_field_write_under_resave =>
+        |store| logout_holds_against_a_late_write(store, true).await;
+    logout_beats_a_late_touch => |store| logout_holds_against_a_late_touch(store, false).await;
+    logout_beats_a_late_resave => |store| logout_holds_against_a_late_touch(store, true).await;
+    login_beats_a_late_write_to_the_pre_login_id =>
+        |store| login_holds_against_a_late_write_to_the_old_id(store).await;
 }

@@ -230,20 +230,6 @@ async fn unknown_keys_are_kept_byte_for_byte(backend: Backend) {
     backend.drop_table().await;
 }
 
-#[tokio::test]
-async fn unknown_keys_and_untouched_values_are_kept_byte_for_byte_on_redis() {
-    if let Some(backend) = Backend::redis().await {
-        unknown_keys_are_kept_byte_for_byte(backend).await;
-    }
-}
-
-#[tokio::test]
-async fn unknown_keys_and_untouched_values_are_kept_byte_for_byte_on_postgres() {
-    if let Some(backend) = Backend::postgres().await {
-        unknown_keys_are_kept_byte_for_byte(backend).await;
-    }
-}
-
 async fn unreadable_records_are_left_alone(backend: Backend) {
     let app = app(backend.store());
     for stored in [
@@ -281,20 +267,6 @@ async fn unreadable_records_are_left_alone(backend: Backend) {
         }
     }
     backend.drop_table().await;
-}
-
-#[tokio::test]
-async fn unreadable_records_start_a_new_session_and_stay_as_they_were_on_redis() {
-    if let Some(backend) = Backend::redis().await {
-        unreadable_records_are_left_alone(backend).await;
-    }
-}
-
-#[tokio::test]
-async fn unreadable_records_start_a_new_session_and_stay_as_they_were_on_postgres() {
-    if let Some(backend) = Backend::postgres().await {
-        unreadable_records_are_left_alone(backend).await;
-    }
 }
 
 /// Another app's atomic change to one key, racing this side's saves of another: none is
@@ -342,18 +314,39 @@ async fn saves_keep_concurrent_atomic_changes(backend: Backend) {
     backend.drop_table().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn saves_never_undo_another_apps_atomic_change_to_another_key_on_redis() {
-    if let Some(backend) = Backend::redis().await {
-        saves_keep_concurrent_atomic_changes(backend).await;
-    }
+/// Each scenario runs on Redis and on PostgreSQL as two tests, each skipped (or, in CI, failed)
+/// when its server is absent.
+macro_rules! on_redis_and_postgres {
+    ($(#[$test:meta] $scenario:ident => $on_redis:ident, $on_postgres:ident;)*) => {$(
+        #[$test]
+        async fn $on_redis() {
+            if let Some(backend) = Backend::redis().await {
+                $scenario(backend).await;
+            }
+        }
+
+        #[$test]
+        async fn $on_postgres() {
+            if let Some(backend) = Backend::postgres().await {
+                $scenario(backend).await;
+            }
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn saves_never_undo_another_apps_atomic_change_to_another_key_on_postgres() {
-    if let Some(backend) = Backend::postgres().await {
-        saves_keep_concurrent_atomic_changes(backend).await;
-    }
+on_redis_and_postgres! {
+    #[tokio::test]
+    unknown_keys_are_kept_byte_for_byte =>
+        unknown_keys_and_untouched_values_are_kept_byte_for_byte_on_redis,
+        unknown_keys_and_untouched_values_are_kept_byte_for_byte_on_postgres;
+    #[tokio::test]
+    unreadable_records_are_left_alone =>
+        unreadable_records_start_a_new_session_and_stay_as_they_were_on_redis,
+        unreadable_records_start_a_new_session_and_stay_as_they_were_on_postgres;
+    #[tokio::test(flavor = "multi_thread")]
+    saves_keep_concurrent_atomic_changes =>
+        saves_never_undo_another_apps_atomic_change_to_another_key_on_redis,
+        saves_never_undo_another_apps_atomic_change_to_another_key_on_postgres;
 }
 
 #[tokio::test]

@@ -81,3 +81,37 @@ pub async fn mongodb() -> Option<Arc<dyn Store>> {
     let store = server_or_skip("MongoDB", MongoStore::connect(&url).await)?;
     Some(Arc::new(store))
 }
+
+/// Runs each scenario on every store: one module per store (`memory`, `file`, `sqlite`,
+/// `postgres`, `mysql`, `redis`, `redis_cluster`, `memcached`, `mongodb`, `cached_redis`), one
+/// multi-thread test per scenario in each, skipped (failed with `SESSIONS_REQUIRE_SERVERS=1`)
+/// when the store's server is absent. A scenario is written
+/// `test_name => |store| call(store).await` or, to get the store's name as well,
+/// `test_name => |store, name| call(store, name).await`.
+// Only some of the test binaries that share this module use it.
+#[allow(unused_macros)]
+macro_rules! on_every_store {
+    (@stores $tests:tt $($store:ident)*) => {$(
+        mod $store {
+            use super::*;
+
+            crate::common::stores::on_every_store!(@tests $store $tests);
+        }
+    )*};
+    (@tests $store:ident [$($test:ident => |$s:ident $(, $n:ident)?| $run:expr;)*]) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            if let Some($s) = crate::common::stores::$store().await {
+                $(let $n = stringify!($store);)?
+                $run;
+            }
+        }
+    )*};
+    ($($tests:tt)*) => {
+        crate::common::stores::on_every_store!(@stores [$($tests)*]
+            memory file sqlite postgres mysql redis redis_cluster memcached mongodb cached_redis);
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use on_every_store;
